@@ -1,0 +1,1 @@
+"""Command-line benchmarks and demos for PART: ``python -m benchmarks --help``."""

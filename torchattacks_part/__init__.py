@@ -1,0 +1,22 @@
+"""PART's attacks for torchattacks: Pixel-AG and MMA with a per-pixel budget from class activation maps.
+
+The math lives here once (``cam``, ``budget``, ``step``, ``losses``); ``art_part`` adapts it to ART.
+"""
+
+from .budget import RULES, budget_map, degenerate_maps, important_pixels
+from .cam import CAM_METHODS, cam_maps
+from .mma import MMA
+from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW, PixelAG
+
+__all__ = [
+    "ADAPTIVE_EPS",
+    "ADAPTIVE_EPS_LOW",
+    "CAM_METHODS",
+    "MMA",
+    "PixelAG",
+    "RULES",
+    "budget_map",
+    "cam_maps",
+    "degenerate_maps",
+    "important_pixels",
+]

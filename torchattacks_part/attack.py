@@ -1,0 +1,100 @@
+"""The small base class of the attacks that perturb each entry within its own budget.
+
+A subclass overrides one hook, :meth:`PixelBudgetAttack.perturb`; the base class validates inputs, turns the
+attacked model's CAM into the per-entry budget (or takes a budget the caller passes) and handles torchattacks'
+normalisation, so :class:`~torchattacks_part.pixel_ag.PixelAG` and :class:`~torchattacks_part.mma.MMA` differ
+only in their objective.
+"""
+
+import torch
+from torchattacks.attack import Attack
+
+from .budget import RULES, budget_map, degenerate_maps
+from .cam import CAM_METHODS, cam_maps, layer_candidates
+from .checks import check_budget, check_budget_params, check_choice, check_images, check_labels, check_steps
+
+
+class PixelBudgetAttack(Attack):
+    """Base of attacks with a per-entry L-inf budget: ``eps`` on important pixels, ``eps_low`` elsewhere.
+
+    :param name: attack name (torchattacks convention).
+    :param model: classifier returning logits.
+    :param eps: budget of important pixels.
+    :param eps_low: budget of the other pixels, ``0 <= eps_low <= eps``; ``None`` or ``eps`` means a uniform budget
+        (no CAM is computed).
+    :param alpha: step size.
+    :param steps: number of steps.
+    :param random_start: start from a random point of the per-entry box.
+    :param cam: CAM method (see :data:`~torchattacks_part.cam.CAM_METHODS`).
+    :param target_layer: CAM target layer: module, dotted name or None (last convolutional block).
+    :param rule: how the CAM becomes a budget, see :mod:`torchattacks_part.budget`.
+    """
+
+    def __init__(self, name, model, eps, eps_low, alpha, steps, random_start, cam, target_layer, rule):
+        eps, eps_low, alpha = check_budget_params(eps, eps_low, alpha)
+        check_steps("steps", steps)
+        check_choice("cam", cam, CAM_METHODS)
+        check_choice("rule", rule, RULES)
+        if not isinstance(random_start, bool):
+            raise ValueError(f"random_start must be True or False, got {random_start!r}")
+        if eps_low is not None and eps_low < eps:
+            layer_candidates(model, target_layer)  # fail now, not mid-batch, if there is no layer for the CAM
+        super().__init__(name, model)
+        self.eps, self.eps_low, self.alpha, self.steps = eps, eps_low, alpha, steps
+        self.random_start = random_start
+        self.cam, self.target_layer, self.rule = cam, target_layer, rule
+        #: Number of degenerate CAMs (given eps everywhere) in the last call, a 0-dim tensor on the model's device.
+        self.last_degenerate = None
+        #: Fraction of entries that got the full eps in the last call, a 0-dim tensor.
+        self.last_important_fraction = None
+        self._num_classes = None
+
+    @property
+    def uses_cam(self):
+        return self.eps_low is not None and self.eps_low < self.eps
+
+    def _model_input(self, images):
+        """What the model itself sees (torchattacks normalises inside ``get_logits``)."""
+        if self._normalization_applied is False:
+            return self.normalize(images)
+        return images
+
+    def num_classes(self, images):
+        if self._num_classes is None:
+            with torch.no_grad():
+                self._num_classes = int(self.get_logits(images[:1]).shape[1])
+        return self._num_classes
+
+    def budget(self, images):
+        """The per-entry budget of ``images`` (B, C, H, W) in [0, 1]: (B, 1, H, W), or (B, 3, H, W) for rule "jet"."""
+        if not self.uses_cam:
+            budget = torch.full_like(images[:, :1], self.eps)
+            degenerate = torch.zeros((), device=images.device)
+        else:
+            cams = cam_maps(self.model, self._model_input(images), self.target_layer, self.cam)
+            budget = budget_map(cams, self.eps, self.eps_low, self.rule).to(images.dtype)
+            degenerate = degenerate_maps(cams).sum()
+        self.last_degenerate = degenerate
+        self.last_important_fraction = (budget == self.eps).float().mean()
+        return budget
+
+    def forward(self, images, labels, budget=None):
+        """Adversarial images for ``images`` (B, C, H, W) in [0, 1] and ``labels`` (B,).
+
+        :param budget: optional per-entry budget broadcastable to the images; it replaces the CAM.
+        """
+        check_images(images)
+        images = images.clone().detach().to(self.device)
+        labels = check_labels(labels, images.shape[0], name="labels").clone().detach().to(self.device)
+        check_labels(labels, images.shape[0], self.num_classes(images))
+        if budget is None:
+            budget = self.budget(images)
+        else:
+            budget = check_budget(budget, images)
+            self.last_degenerate = torch.zeros((), device=images.device)
+            self.last_important_fraction = (budget == budget.max()).float().mean()
+        return self.perturb(images, labels, budget)
+
+    def perturb(self, images, labels, budget):
+        """The hook: adversarial images within ``budget`` of ``images``."""
+        raise NotImplementedError
