@@ -80,9 +80,8 @@ def important_pixels(cams, rule="cam", generator=None):
     important = _above_mean_plus_std(clean)[:, None] | degenerate
     if rule == "random":
         count = important.flatten(1).sum(dim=1, keepdim=True)
-        scores = torch.rand(important.flatten(1).shape, generator=generator, device=generator.device
-                            if generator is not None else cams.device)
-        scores = scores.to(cams.device)
+        device = cams.device if generator is None else generator.device
+        scores = torch.rand(important.flatten(1).shape, generator=generator, device=device).to(cams.device)
         rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each pixel in a random order
         important = (rank < count).view_as(important)
     return important

@@ -147,7 +147,7 @@ def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
     """Class activation maps of ``model`` for a batch of images.
 
     :param model: a ``torch.nn.Module`` classifier returning logits (B, num_classes).
-    :param images: float tensor (B, C, H, W) in [0, 1] (already normalised if the model expects it).
+    :param images: float tensor (B, C, H, W), finite, as the model takes it (normalised if the model expects it).
     :param target_layer: module, dotted module name, or None for the last convolutional block (see
         :func:`layer_candidates`).
     :param method: ``"gradcam"``, ``"xgradcam"``, ``"layercam"`` (batched torch) or any name in
@@ -156,7 +156,7 @@ def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
     :return: tensor (B, H, W) in [0, 1] on the images' device, detached.
     """
     check_choice("method", method, CAM_METHODS)
-    check_images(images)
+    check_images(images, unit_range=False)
     candidates = layer_candidates(model, target_layer)
     if targets is not None:
         # Shape and sign now, the upper bound once the logits are known.
