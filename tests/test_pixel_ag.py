@@ -216,3 +216,26 @@ def test_bad_inputs(tiny_model, cifar_batch):
                    torch.full((len(images), 32, 32), EPS), torch.full((len(images), 1, 32, 32), -EPS)):
         with pytest.raises(ValueError, match="budget"):
             attack(images, labels, budget=budget)
+
+
+def test_normalization_rounding_at_black_pixels(tiny_model, cifar_batch):
+    """torchattacks un-normalises z * std + mean, which can land a hair below 0 for a black pixel."""
+    images, labels = cifar_batch
+    images = images.clone()
+    images[:, :, 0, 0] = 0.0
+    mean, std = [0.793160617351532] * 3, [0.3570721447467804] * 3
+    attack = PixelAG(tiny_model, steps=1)
+    attack.set_normalization_used(mean, std)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    adv = attack((images - m) / s, labels) * s + m
+    assert adv.shape == images.shape and torch.isfinite(adv).all()
+
+
+def test_budget_outside_a_call_sees_normalised_input(tiny_model, cifar_batch):
+    images, _ = cifar_batch
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    attack = PixelAG(tiny_model)
+    attack.set_normalization_used(mean, std)
+    expected = budget_map(cam_maps(tiny_model, (images - m) / s), EPS, EPS_LOW)
+    assert torch.equal(attack.budget(images), expected)

@@ -54,8 +54,8 @@ class PixelBudgetAttack(Attack):
         return self.eps_low is not None and self.eps_low < self.eps
 
     def _model_input(self, images):
-        """What the model itself sees (torchattacks normalises inside ``get_logits``)."""
-        if self._normalization_applied is False:
+        """What the model itself sees for images in [0, 1] (torchattacks normalises inside ``get_logits``)."""
+        if self.normalization_used is not None:
             return self.normalize(images)
         return images
 
@@ -83,8 +83,9 @@ class PixelBudgetAttack(Attack):
 
         :param budget: optional per-entry budget broadcastable to the images; it replaces the CAM.
         """
-        check_images(images)
-        images = images.clone().detach().to(self.device)
+        # torchattacks un-normalises normalised inputs as z * std + mean, which can miss 0 or 1 by a rounding error.
+        check_images(images, slack=1e-5 if self.normalization_used is not None else 0.0)
+        images = images.clone().detach().to(self.device).clamp_(0, 1)
         labels = check_labels(labels, images.shape[0], name="labels").clone().detach().to(self.device)
         check_labels(labels, images.shape[0], self.num_classes(images))
         if budget is None:
@@ -92,7 +93,7 @@ class PixelBudgetAttack(Attack):
         else:
             budget = check_budget(budget, images)
             self.last_degenerate = torch.zeros((), device=images.device)
-            self.last_important_fraction = (budget == budget.max()).float().mean()
+            self.last_important_fraction = (budget >= self.eps).float().mean()
         return self.perturb(images, labels, budget)
 
     def perturb(self, images, labels, budget):

@@ -44,8 +44,8 @@ def check_budget_params(eps, eps_low, alpha=None):
     return eps, eps_low, alpha
 
 
-def check_images(images, unit_range=True):
-    """A float tensor (N, C, H, W) with every value finite and, when ``unit_range``, in [0, 1]."""
+def check_images(images, unit_range=True, slack=0.0):
+    """A float tensor (N, C, H, W) with every value finite and, when ``unit_range``, in [-slack, 1 + slack]."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor of shape (N, C, H, W), got {got}")
@@ -56,7 +56,7 @@ def check_images(images, unit_range=True):
     if not unit_range:
         return images
     lo, hi = float(images.min()), float(images.max())
-    if lo < 0 or hi > 1:
+    if lo < -slack or hi > 1 + slack:
         raise ValueError(f"images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
     return images
 
