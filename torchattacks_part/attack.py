@@ -9,7 +9,7 @@ only in their objective.
 import torch
 from torchattacks.attack import Attack
 
-from .budget import RULES, budget_map, degenerate_maps
+from .budget import RULES, degenerate_maps, important_pixels
 from .cam import CAM_METHODS, cam_maps, layer_candidates
 from .checks import check_budget, check_budget_params, check_choice, check_images, check_labels, check_steps
 
@@ -65,18 +65,28 @@ class PixelBudgetAttack(Attack):
                 self._num_classes = int(self.get_logits(images[:1]).shape[1])
         return self._num_classes
 
+    def important(self, images):
+        """Boolean mask of the entries that keep ``eps``: (B, 1, H, W), or (B, 3, H, W) for rule "jet".
+
+        The CAM of the attacked model, on ``images`` (B, C, H, W) in [0, 1], for the predicted class. Sets
+        ``last_degenerate``.
+        """
+        cams = cam_maps(self.model, self._model_input(images), self.target_layer, self.cam)
+        self.last_degenerate = degenerate_maps(cams).sum()
+        return important_pixels(cams, self.rule)
+
+    def budget_from(self, important):
+        """Budgets from an importance mask: ``eps`` where True, ``eps_low`` elsewhere. Sets the important fraction."""
+        self.last_important_fraction = important.float().mean()
+        low = self.eps if self.eps_low is None else self.eps_low
+        return torch.where(important, self.eps, low)
+
     def budget(self, images):
         """The per-entry budget of ``images`` (B, C, H, W) in [0, 1]: (B, 1, H, W), or (B, 3, H, W) for rule "jet"."""
         if not self.uses_cam:
-            budget = torch.full_like(images[:, :1], self.eps)
-            degenerate = torch.zeros((), device=images.device)
-        else:
-            cams = cam_maps(self.model, self._model_input(images), self.target_layer, self.cam)
-            budget = budget_map(cams, self.eps, self.eps_low, self.rule).to(images.dtype)
-            degenerate = degenerate_maps(cams).sum()
-        self.last_degenerate = degenerate
-        self.last_important_fraction = (budget == self.eps).float().mean()
-        return budget
+            self.last_degenerate = torch.zeros((), device=images.device)
+            return self.budget_from(torch.ones_like(images[:, :1], dtype=torch.bool)).to(images.dtype)
+        return self.budget_from(self.important(images)).to(images.dtype)
 
     def forward(self, images, labels, budget=None):
         """Adversarial images for ``images`` (B, C, H, W) in [0, 1] and ``labels`` (B,).
