@@ -31,11 +31,16 @@ class MaskCache:
         self.refreshed_at = epoch
 
     def lookup(self, indices, offsets=None, flips=None, padding=4):
-        """The masks of ``indices``, moved by the batch's crop ``offsets`` and ``flips`` (padding is unimportant)."""
+        """The masks of ``indices``, moved by the batch's crop ``offsets`` and ``flips``.
+
+        The zero padding a crop brings in is unimportant, except in an all-important mask (a degenerate CAM, which
+        means eps everywhere): that one stays all-important.
+        """
         masks = self.masks[indices]
         if offsets is None:
             return masks
-        return crop_flip(masks, offsets, flips, padding, fill=False)
+        moved = crop_flip(masks, offsets, flips, padding, fill=False)
+        return moved | masks.flatten(1).all(dim=1).view(-1, *([1] * (masks.dim() - 1)))
 
     def state_dict(self):
         return {"masks": self.masks, "refreshed_at": self.refreshed_at}

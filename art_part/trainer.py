@@ -91,6 +91,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             raise ValueError(f"schedule must be one of {list(SCHEDULES)} or a torch LR scheduler, got {schedule!r}")
         if getattr(classifier, "optimizer", None) is None:
             raise ValueError("classifier must have an optimizer: build the PyTorchClassifier with optimizer=...")
+        if not isinstance(schedule, str) and getattr(schedule, "optimizer", classifier.optimizer) \
+                is not classifier.optimizer:
+            raise ValueError("schedule must be built on the classifier's optimizer (classifier.optimizer), "
+                             "not on another one")
         clip = classifier.clip_values
         if clip is None or np.shape(clip) != (2,) or float(clip[0]) != 0.0 or float(clip[1]) != 1.0:
             raise ValueError(f"clip_values of the classifier must be (0, 1), got {clip!r}")
@@ -170,6 +174,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
 
     def _train(self, source, nb_epochs, resume, callback):
         check_steps("nb_epochs", nb_epochs)
+        if resume and not self.checkpoint_dir:
+            raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
         if self.pixel_reweighted and self.eps_low < self.eps and self.burn_in >= nb_epochs:
             raise ValueError(f"burn_in must be < nb_epochs for {self.method} (PART never starts otherwise), got "
                              f"burn_in={self.burn_in}, nb_epochs={nb_epochs}")
@@ -179,6 +185,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             model.to(memory_format=torch.channels_last)
         self._scheduler = self._make_scheduler(optimizer, nb_epochs)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._extra_generators = source.generators()
+        self.history = []  # this run's records (a resumed run gets those of the checkpoint back)
         masks = None
         if self.pixel_reweighted and self.mask_refresh > 1:
             masks = MaskCache(source.num_samples, self._mask_shape(source), self.device)
@@ -200,10 +208,16 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     def _epoch(self, epoch, nb_epochs, source, model, optimizer, generator, masks):
         began = time.perf_counter()
         part = self.part_active(epoch)
-        if masks is not None and self.refresh_due(epoch):
-            masks.refresh(self.attack.important, source.unaugmented(), epoch)
         totals = torch.zeros(5, device=self.device)  # loss sum, natural correct, adversarial correct, n, important
-        degenerate = torch.zeros((), device=self.device)
+        degenerate = torch.zeros((), device=self.device)  # degenerate CAMs this epoch (refresh pass or batches)
+        if masks is not None and self.refresh_due(epoch):
+            def important(images):
+                nonlocal degenerate
+                mask = self.attack.important(images)
+                degenerate = degenerate + self.attack.last_degenerate
+                return mask
+
+            masks.refresh(important, source.unaugmented(), epoch)
         batches = source.batches(generator)
         bar = tqdm(batches, total=source.num_batches, desc=f"{self.method} epoch {epoch + 1}/{nb_epochs}",
                    disable=not self.verbose, leave=False)
@@ -319,7 +333,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             "model": self._classifier.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": self._scheduler.state_dict() if self._scheduler is not None else None,
-            "rng": ckpt.rng_state(generator),
+            "rng": ckpt.rng_state(generator, self._extra_generators),
             "masks": masks.state_dict() if masks is not None else None,
             "history": self.history,
         }
@@ -335,7 +349,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             self._scheduler.load_state_dict(state["scheduler"])
         if masks is not None and state["masks"] is not None:
             masks.load_state_dict(state["masks"])
-        ckpt.set_rng_state(state["rng"], generator)
+        ckpt.set_rng_state(state["rng"], generator, self._extra_generators)
         self.history = list(state["history"])
         return state["epoch"]
 
@@ -355,6 +369,9 @@ class _TensorSource:
         self.num_batches = math.ceil(len(x) / batch_size)
         self.image_shape = tuple(x.shape[1:])
 
+    def generators(self):
+        return []
+
     def batches(self, generator):
         order = torch.randperm(self.num_samples, device=self.x.device, generator=generator)
         for start in range(0, self.num_samples, self.batch_size):
@@ -367,8 +384,21 @@ class _TensorSource:
             yield self.x[index], index
 
 
+def _labels(y, device):
+    """Class indices (B,) on the device from indices or one-hot / score rows (B, classes) (ART's convention)."""
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if y.dim() == 2:
+        y = y.argmax(1)
+    return y.to(device=device, dtype=torch.long, non_blocking=True)
+
+
 class _LoaderSource:
-    """A torch DataLoader of (x, y) or (x, y, index); batches moved to the device as they come."""
+    """A torch DataLoader of (x, y) or (x, y, index); batches moved to the device as they come.
+
+    Labels may be class indices or one-hot rows. The loader's own random generators (``DataLoader(generator=...)``,
+    a sampler's ``generator``) go into the checkpoint with the other RNG states, so that a resumed run reshuffles
+    exactly as an uninterrupted one.
+    """
 
     def __init__(self, loader, device):
         self.loader, self.device = loader, device
@@ -378,17 +408,27 @@ class _LoaderSource:
         self.num_samples = len(loader.dataset)
         self.num_batches = len(loader)
 
+    def generators(self):
+        found = []
+        for owner in (self.loader, getattr(self.loader, "sampler", None),
+                      getattr(getattr(self.loader, "batch_sampler", None), "sampler", None)):
+            g = getattr(owner, "generator", None)
+            if isinstance(g, torch.Generator) and not any(g is f for f in found):
+                found.append(g)
+        return found
+
     def batches(self, generator):
         for batch in self.loader:
-            x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+            x = batch[0].to(self.device, dtype=torch.float32, non_blocking=True)
             index = batch[2].to(self.device, non_blocking=True) if self.indexed else None
-            yield x, y, index
+            yield x, _labels(batch[1], self.device), index
 
     def unaugmented(self):
-        ordered = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size, shuffle=False,
-                                              num_workers=self.loader.num_workers)
-        for x, _, index in ordered:
-            yield x.to(self.device), index.to(self.device)
+        ordered = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size or 128,
+                                              shuffle=False, num_workers=self.loader.num_workers,
+                                              collate_fn=self.loader.collate_fn)
+        for batch in ordered:
+            yield batch[0].to(self.device, dtype=torch.float32), batch[2].to(self.device)
 
 
 class _GeneratorSource:
@@ -400,10 +440,10 @@ class _GeneratorSource:
         self.num_samples = generator.size
         self.indexed = False
 
+    def generators(self):
+        return []
+
     def batches(self, _):
         for _ in range(self.num_batches):
-            x, y = self.generator.get_batch()
-            y = np.asarray(y)
-            y = y.argmax(1) if y.ndim == 2 else y
-            yield (torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device),
-                   torch.as_tensor(y, dtype=torch.long, device=self.device), None)
+            x, y = self.generator.get_batch()[:2]
+            yield torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device), _labels(y, self.device), None
