@@ -1,0 +1,25 @@
+"""The speed benchmark runs end to end and writes its JSON (no timing assertions: speed is measured, not tested)."""
+
+import json
+
+from benchmarks import speed
+
+
+def test_speed_benchmark_writes_all_runs(data_dir, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert speed.main(["--data-dir", data_dir, "--device", "cpu", "--model", "tiny", "--n", "64", "--batch-size",
+                       "32", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"config", "runs", "ratios", "paper_table9", "memory_source", "markdown"}
+    assert set(report["runs"]) == set(speed.RUNS)
+    for name, run in report["runs"].items():
+        assert len(run["warmup_seconds"]) == 1 and len(run["epoch_seconds"]) == 1, name
+        assert all(t > 0 for t in run["warmup_seconds"] + run["epoch_seconds"]), name
+        assert run["median_epoch_seconds"] > 0 and run["peak_memory_mib"] >= 0, name
+    assert len(report["runs"]["part_s10"]["cam_pass_seconds"]) == 2
+    assert set(report["ratios"]) == set(speed.RATIOS)
+    assert all(r["value"] > 0 for r in report["ratios"].values())
+    assert report["paper_table9"]["part/at"] == 1.76
+    assert report["config"]["n"] == 64 and report["config"]["model"] == "tiny"
+    printed = capsys.readouterr().out
+    assert "| ratio of median epochs | wall | CPU time |" in printed and "PART (s=1) / AT" in printed
