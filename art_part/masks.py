@@ -23,12 +23,18 @@ class MaskCache:
         self.masks = torch.ones((num_samples, *shape), dtype=torch.bool, device=device)
         #: Epoch of the last refresh, or None before the first.
         self.refreshed_at = None
+        #: Fraction of entries marked important at the last refresh (a 0-dim tensor; only the samples refreshed).
+        self.important_fraction = None
 
     def refresh(self, important, batches, epoch):
         """Recompute every mask: ``important(images)`` -> masks, over ``batches`` of (un-augmented images, indices)."""
+        marked = total = 0
         for images, indices in batches:
-            self.masks[indices] = important(images)
+            mask = important(images)
+            self.masks[indices] = mask
+            marked, total = marked + mask.sum(), total + mask.numel()
         self.refreshed_at = epoch
+        self.important_fraction = marked / max(total, 1)
 
     def lookup(self, indices, offsets=None, flips=None, padding=4):
         """The masks of ``indices``, moved by the batch's crop ``offsets`` and ``flips``.
@@ -43,7 +49,7 @@ class MaskCache:
         return moved | masks.flatten(1).all(dim=1).view(-1, *([1] * (masks.dim() - 1)))
 
     def state_dict(self):
-        return {"masks": self.masks, "refreshed_at": self.refreshed_at}
+        return {"masks": self.masks, "refreshed_at": self.refreshed_at, "important_fraction": self.important_fraction}
 
     def load_state_dict(self, state):
         if tuple(state["masks"].shape) != tuple(self.masks.shape):
@@ -51,3 +57,4 @@ class MaskCache:
                              f"expected {tuple(self.masks.shape)}: resume with the same data")
         self.masks.copy_(state["masks"])
         self.refreshed_at = state["refreshed_at"]
+        self.important_fraction = state.get("important_fraction")

@@ -118,6 +118,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         self.device = classifier.device
         self.history = []
         self._scheduler = None
+        self._rank, self._world, self._train_model = 0, 1, classifier.model
 
     # ------------------------------------------------------------------------------------------------- phases
 
@@ -183,6 +184,14 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         optimizer = self._classifier.optimizer
         if self.channels_last and self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
+        self._rank, self._world = _distributed_rank_world()
+        source.shard(self._rank, self._world, self.seed)
+        # Data parallel: the update runs through DistributedDataParallel (gradients averaged across ranks); the
+        # attack and the CAM use the plain module, since they need no gradient synchronisation.
+        self._train_model = model
+        if self._world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self._scheduler = self._make_scheduler(optimizer, nb_epochs)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self._extra_generators = source.generators()
@@ -192,16 +201,25 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             masks = MaskCache(source.num_samples, self._mask_shape(source), self.device)
         start = 0
         path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME) if self.checkpoint_dir else None
+        leader = self._rank == 0
         if resume and path and os.path.exists(path):
             start = self._restore(path, optimizer, generator, masks)
         self._full_budget = None
         for epoch in range(start, nb_epochs):
             record = self._epoch(epoch, nb_epochs, source, model, optimizer, generator, masks)
             self.history.append(record)
+            if self._world > 1:
+                # DDP syncs BatchNorm statistics at the start of each forward; end the epoch with rank 0's on all
+                # ranks too, so every rank holds the model the checkpoint holds.
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
             if path:
                 self._save(path, epoch, optimizer, generator, masks)
-                ckpt.atomic_write_text("".join(_json(r) for r in self.history),
-                                       os.path.join(self.checkpoint_dir, "log.jsonl"))
+                if leader:
+                    ckpt.atomic_write_text("".join(_json(r) for r in self.history),
+                                           os.path.join(self.checkpoint_dir, "log.jsonl"))
+                if self._world > 1:
+                    torch.distributed.barrier()
             if callback is not None:
                 callback(self, record)
 
@@ -218,9 +236,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 return mask
 
             masks.refresh(important, source.unaugmented(), epoch)
+        source.set_epoch(epoch)
         batches = source.batches(generator)
         bar = tqdm(batches, total=source.num_batches, desc=f"{self.method} epoch {epoch + 1}/{nb_epochs}",
-                   disable=not self.verbose, leave=False)
+                   disable=not self.verbose or self._rank != 0, leave=False)
         for step, (x, y, index) in enumerate(bar):
             offsets = flips = None
             if self.augment:
@@ -242,12 +261,16 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 n = totals[3].item()
                 bar.set_postfix(loss=f"{totals[0].item() / n:.4f}", adv_acc=f"{totals[2].item() / n:.3f}")
         bar.close()
+        if self._world > 1:  # every rank logs the figures of the whole epoch
+            totals = torch.cat([totals, degenerate.reshape(1)])
+            torch.distributed.all_reduce(totals)
+            totals, degenerate = totals[:5], totals[5]
         self._check_finite(totals[0], epoch, source.num_batches - 1)
         loss_sum, natural, adversarial, n, important = totals.tolist()
         lr = optimizer.param_groups[0]["lr"]
         self._step_scheduler(loss_sum / n)
         if masks is not None and part:
-            important_fraction = masks.masks.float().mean().item()
+            important_fraction = float(masks.important_fraction)
         else:
             important_fraction = important / n
         return {
@@ -266,7 +289,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         model.train()
         natural_correct = torch.zeros((), device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda"):
-            logits_adv = self._forward(model, x_adv)
+            logits_adv = self._forward(self._train_model, x_adv)
             if self.outer == "ce":
                 loss = F.cross_entropy(logits_adv, y)
                 if self.track_natural:
@@ -275,7 +298,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                         natural_correct = (self._forward(model, x).argmax(1) == y).sum().float()
                     model.train()
             else:
-                logits_natural = self._forward(model, x)
+                logits_natural = self._forward(self._train_model, x)
                 loss_fn = trades_loss if self.outer == "trades" else mart_loss
                 loss = loss_fn(logits_natural.float(), logits_adv.float(), y, self.beta)
                 natural_correct = (logits_natural.argmax(1) == y).sum().float()
@@ -327,15 +350,23 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     # ------------------------------------------------------------------------------------------------- checkpoints
 
     def _save(self, path, epoch, optimizer, generator, masks):
+        """Rank 0 writes the checkpoint; other ranks write only their own RNG state and masks beside it."""
+        own = {
+            "rng": ckpt.rng_state(generator, self._extra_generators),
+            "masks": masks.state_dict() if masks is not None else None,
+        }
+        if self._rank != 0:
+            ckpt.atomic_save(own, _rank_path(path, self._rank))
+            return
         state = {
             "epoch": epoch + 1,
             "method": self.method,
             "model": self._classifier.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": self._scheduler.state_dict() if self._scheduler is not None else None,
-            "rng": ckpt.rng_state(generator, self._extra_generators),
-            "masks": masks.state_dict() if masks is not None else None,
             "history": self.history,
+            "world_size": self._world,
+            **own,
         }
         ckpt.atomic_save(state, path)
 
@@ -347,11 +378,27 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         optimizer.load_state_dict(state["optimizer"])
         if self._scheduler is not None and state["scheduler"] is not None:
             self._scheduler.load_state_dict(state["scheduler"])
-        if masks is not None and state["masks"] is not None:
-            masks.load_state_dict(state["masks"])
-        ckpt.set_rng_state(state["rng"], generator, self._extra_generators)
+        if state.get("world_size", 1) != self._world:
+            raise ValueError(f"checkpoint {path} was written by {state.get('world_size', 1)} processes, this run has "
+                             f"{self._world}: resume with the same number of processes")
+        own = state if self._rank == 0 else ckpt.load(_rank_path(path, self._rank), self.device)
+        if masks is not None and own["masks"] is not None:
+            masks.load_state_dict(own["masks"])
+        ckpt.set_rng_state(own["rng"], generator, self._extra_generators)
         self.history = list(state["history"])
         return state["epoch"]
+
+
+def _distributed_rank_world():
+    """(rank, world size) of an initialised torch.distributed process group (e.g. under torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _rank_path(path, rank):
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}{ext}"
 
 
 def _json(record):
@@ -369,18 +416,35 @@ class _TensorSource:
         self.num_batches = math.ceil(len(x) / batch_size)
         self.image_shape = tuple(x.shape[1:])
 
+        self.own = None  # this rank's sample indices under data parallelism; None: all samples
+
     def generators(self):
         return []
 
+    def shard(self, rank, world, seed):
+        """Give this rank a fixed, equal share of the samples (the remainder of N / world is left out), so each
+        rank computes and caches the masks of its own samples only."""
+        if world > 1:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
+            self.own = order[rank::world][: self.num_samples // world].to(self.x.device)
+            self.num_batches = math.ceil(len(self.own) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        pass
+
     def batches(self, generator):
-        order = torch.randperm(self.num_samples, device=self.x.device, generator=generator)
-        for start in range(0, self.num_samples, self.batch_size):
+        count = self.num_samples if self.own is None else len(self.own)
+        order = torch.randperm(count, device=self.x.device, generator=generator)
+        if self.own is not None:
+            order = self.own[order]
+        for start in range(0, count, self.batch_size):
             index = order[start:start + self.batch_size]
             yield self.x[index], self.y[index], index
 
     def unaugmented(self):
-        for start in range(0, self.num_samples, self.batch_size):
-            index = torch.arange(start, min(start + self.batch_size, self.num_samples), device=self.x.device)
+        every = torch.arange(self.num_samples, device=self.x.device) if self.own is None else self.own
+        for start in range(0, len(every), self.batch_size):
+            index = every[start:start + self.batch_size]
             yield self.x[index], index
 
 
@@ -417,6 +481,19 @@ class _LoaderSource:
                 found.append(g)
         return found
 
+    def shard(self, rank, world, seed):
+        """Under data parallelism the loader itself must shard: a ``DistributedSampler`` (masks of s > 1 are then
+        computed for every sample, since the sampler reshuffles shards each epoch)."""
+        sampler = getattr(self.loader, "sampler", None)
+        if world > 1 and not isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+            raise ValueError("loader: with several processes, fit_loader needs a DataLoader whose sampler is a "
+                             "torch.utils.data.distributed.DistributedSampler")
+
+    def set_epoch(self, epoch):
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
     def batches(self, generator):
         for batch in self.loader:
             x = batch[0].to(self.device, dtype=torch.float32, non_blocking=True)
@@ -442,6 +519,14 @@ class _GeneratorSource:
 
     def generators(self):
         return []
+
+    def shard(self, rank, world, seed):
+        if world > 1:
+            raise ValueError("generator: an ART DataGenerator cannot be sharded across processes; use fit(x, y) or "
+                             "fit_loader with a DistributedSampler")
+
+    def set_epoch(self, epoch):
+        pass
 
     def batches(self, _):
         for _ in range(self.num_batches):
