@@ -24,6 +24,7 @@ from art.config import ART_NUMPY_DTYPE
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from art.estimators.pytorch import PyTorchEstimator
+from art.preprocessing.standardisation_mean_std import StandardisationMeanStdPyTorch
 from tqdm.auto import tqdm
 
 from torchattacks_part.budget import RULES
@@ -33,6 +34,23 @@ from torchattacks_part.mma import MMA
 from torchattacks_part.pixel_ag import LOSSES, PixelAG
 
 __all__ = ["MMAPyTorch", "PixelAGPyTorch"]
+
+
+def preprocessing_function(estimator):
+    """``x -> `` what ``estimator.model`` takes: ART's framework-specific preprocessing of the estimator.
+
+    ART's default, a mean-0 std-1 standardisation, is skipped: it changes nothing but copies its mean and std to the
+    device on every call (two blocking copies per forward pass on a GPU).
+    """
+    operations = estimator.preprocessing_operations or []
+    if all(isinstance(op, StandardisationMeanStdPyTorch) and np.all(np.asarray(op.mean) == 0)
+           and np.all(np.asarray(op.std) == 1) for op in operations):
+        return _identity
+    return lambda x: estimator._apply_preprocessing(x, y=None, fit=False, no_grad=False)[0]
+
+
+def _identity(x):
+    return x
 
 
 class EstimatorModule(nn.Module):
@@ -48,10 +66,10 @@ class EstimatorModule(nn.Module):
         super().__init__()
         self.model = estimator.model
         self.estimator = estimator
+        self.preprocess = preprocessing_function(estimator)
 
     def forward(self, x):
-        x, _ = self.estimator._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        return self.model(x)
+        return self.model(self.preprocess(x))
 
 
 def _same(a, b):

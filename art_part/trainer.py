@@ -24,7 +24,7 @@ from torchattacks_part.checks import check_budget_params, check_choice, check_nu
 from torchattacks_part.losses import mart_loss, trades_loss
 
 from . import checkpoint as ckpt
-from .attacks import MMAPyTorch, PixelAGPyTorch
+from .attacks import MMAPyTorch, PixelAGPyTorch, preprocessing_function
 from .augment import crop_flip, draw_crop_flip
 from .masks import MaskCache
 
@@ -119,6 +119,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         self.history = []
         self._scheduler = None
         self._rank, self._world, self._train_model = 0, 1, classifier.model
+        self._preprocess = preprocessing_function(classifier)
 
     # ------------------------------------------------------------------------------------------------- phases
 
@@ -227,6 +228,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         began = time.perf_counter()
         part = self.part_active(epoch)
         totals = torch.zeros(5, device=self.device)  # loss sum, natural correct, adversarial correct, n, important
+        ones = torch.ones((), device=self.device)  # batch sizes enter the totals without a copy per batch
         degenerate = torch.zeros((), device=self.device)  # degenerate CAMs this epoch (refresh pass or batches)
         if masks is not None and self.refresh_due(epoch):
             def important(images):
@@ -254,7 +256,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 budget = self.attack.budget_from(masks.lookup(index, offsets, flips)).to(x.dtype)
             loss, natural_correct, adversarial_correct = self._step(model, optimizer, x, y, budget)
             totals += torch.stack([loss.detach() * len(x), natural_correct, adversarial_correct,
-                                   torch.tensor(float(len(x)), device=self.device),
+                                   ones * len(x),
                                    (budget >= self.eps).float().mean() * len(x)])
             if step % 20 == 0 or step == source.num_batches - 1:
                 self._check_finite(totals[0], epoch, step)
@@ -310,8 +312,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     def _forward(self, model, x):
         if self.channels_last and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        x, _ = self._classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
-        return model(x)
+        return model(self._preprocess(x))
 
     def _uniform_budget(self, x):
         if self._full_budget is None or self._full_budget.shape[0] != x.shape[0]:
