@@ -55,9 +55,11 @@ def add_demo_parser(subparsers):
     parser.add_argument("--data-dir", required=True,
                         help="folder holding cifar-10-batches-py/ (downloaded there by torchvision when missing)")
     parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
-                        help=f"number of test images, the first N of the test set (default {DEFAULT_N})")
+                        help=f"number of test images, the first N of the test set (default {DEFAULT_N}, a few "
+                             "minutes on 2 CPU cores)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
+                        help=f"images per batch (default {DEFAULT_BATCH_SIZE}); MMA, which attacks its k targets "
+                             "as one batch, gets batch-size // k images per batch")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available, else cpu (default auto)")

@@ -21,7 +21,7 @@ import torch
 
 from . import UsageError
 
-DEFAULT_N = 256
+DEFAULT_N = 128
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_STEPS = 20
 DEFAULT_OUT = os.path.join("results", "demo")
@@ -52,7 +52,15 @@ def resolve_device(device):
 def device_description(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{platform.machine() or 'cpu'}, {torch.get_num_threads()} threads"
+
+
+def load_average():
+    """The 1-minute load average of the machine (None where the OS has none): timings mean little on a busy CPU."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def load_images(data_dir, n):
@@ -67,7 +75,9 @@ def load_images(data_dir, n):
 
 
 def attack_specs(model, steps):
-    """The attacks of the demo, in table order: (key, label, budget text, attack, reports the CAM budget)."""
+    """The attacks of the demo, in table order, as dicts: key, label, budget (text), attack, reports_budget (whether
+    it has a CAM budget to report) and tiles (how many copies of each image it forwards at once: MMA runs its k
+    targets as one batch of k x N images, so it gets batches of ``batch_size // k`` images)."""
     import torchattacks
 
     import torchattacks_part as tp
@@ -75,14 +85,16 @@ def attack_specs(model, steps):
     from .figures import fraction_of_255 as f255
 
     return [
-        ("pgd", f"PGD-{steps}", f"{f255(EPS)}",
-         torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True), False),
-        ("pixel_ag", f"Pixel-AG-{steps}", f"{f255(EPS)} / {f255(EPS_LOW)}",
-         tp.PixelAG(model, eps=EPS, eps_low=EPS_LOW, alpha=ALPHA, steps=steps), True),
-        ("mma", f"MMA-{steps} (k={MMA_K})", f"{f255(EPS)}",
-         tp.MMA(model, eps=EPS, alpha=ALPHA, steps=steps, k=MMA_K), False),
-        ("pixel_ag_adaptive", f"Pixel-AG-{steps} adaptive", f"{f255(tp.ADAPTIVE_EPS)} / {f255(tp.ADAPTIVE_EPS_LOW)}",
-         tp.PixelAG.adaptive(model, steps=steps, alpha=ALPHA), True),
+        dict(key="pgd", label=f"PGD-{steps}", budget=f255(EPS), reports_budget=False, tiles=1,
+             attack=torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=steps, random_start=True)),
+        dict(key="pixel_ag", label=f"Pixel-AG-{steps}", budget=f"{f255(EPS)} / {f255(EPS_LOW)}",
+             reports_budget=True, tiles=1,
+             attack=tp.PixelAG(model, eps=EPS, eps_low=EPS_LOW, alpha=ALPHA, steps=steps)),
+        dict(key="mma", label=f"MMA-{steps} (k={MMA_K})", budget=f255(EPS), reports_budget=False, tiles=MMA_K,
+             attack=tp.MMA(model, eps=EPS, alpha=ALPHA, steps=steps, k=MMA_K)),
+        dict(key="pixel_ag_adaptive", label=f"Pixel-AG-{steps} adaptive",
+             budget=f"{f255(tp.ADAPTIVE_EPS)} / {f255(tp.ADAPTIVE_EPS_LOW)}", reports_budget=True, tiles=1,
+             attack=tp.PixelAG.adaptive(model, steps=steps, alpha=ALPHA)),
     ]
 
 
@@ -116,7 +128,7 @@ def run_attack(attack, label, images, labels, batch_size, device, seed, keep, re
     kept = []
     _sync(device)
     begin = time.perf_counter()
-    for start, stop in tqdm(_batches(n, batch_size), desc=f"{label:<22}", unit="batch", disable=not progress,
+    for start, stop in tqdm(_batches(n, batch_size), desc=label, unit="batch", disable=not progress,
                             file=sys.stderr, dynamic_ncols=True):
         x, y = images[start:stop].to(device), labels[start:stop].to(device)
         adv = attack(x, y)
@@ -158,6 +170,14 @@ def table_rows(report):
     return header, rows
 
 
+def load_text(report):
+    """How busy the machine was, for reading the seconds: '1-minute load average 3.7 -> 3.8 on 2 CPUs'."""
+    start, end = report.get("load_average_start"), report.get("load_average_end")
+    if start is None or end is None:
+        return ""
+    return f"1-minute load average {start:.1f} at start, {end:.1f} at end, on {report['cpu_count']} CPUs"
+
+
 def format_text(report):
     """The table printed on stdout."""
     config = report["config"]
@@ -174,7 +194,7 @@ def format_text(report):
         *[line(r) for r in rows],
         "",
         NOT_ROBUST_NOTE,
-        f"Total {report['total_seconds']:.0f} s.",
+        f"Total {report['total_seconds']:.0f} s" + (f" ({load_text(report)})." if load_text(report) else "."),
     ]
     return "\n".join(text)
 
@@ -196,7 +216,12 @@ def format_markdown(report):
         "",
         f"{NOT_ROBUST_NOTE} *Full-eps pixels*: the share of pixels the GradCAM marks as important "
         "(above mean + 1 std), which keep the full eps; the others get the lower budget. *Degenerate CAMs*: "
-        "constant or non-finite maps, attacked with eps everywhere.",
+        "constant or non-finite maps, attacked with eps everywhere. MMA attacks its k targets as one batch, so it "
+        "gets batches of batch size / k images.",
+        "",
+        f"Total {report['total_seconds']:.0f} s" + (
+            f"; {load_text(report)} (a load above the CPU count means other work shared the CPU and inflated the "
+            "seconds)." if load_text(report) else "."),
         "",
         f"Reproduce: `python -m benchmarks demo --data-dir DATA --n {config['n']} --batch-size "
         f"{config['batch_size']} --steps {config['steps']} --seed {config['seed']}`",
@@ -254,6 +279,7 @@ def run_demo(data_dir, n=DEFAULT_N, batch_size=DEFAULT_BATCH_SIZE, out=DEFAULT_O
 
     stream = sys.stdout if stream is None else stream
     began = time.perf_counter()
+    load_at_start = load_average()
     device = resolve_device(device)
     images, labels = load_images(data_dir, n)
     n = len(images)  # fewer when n exceeds the test set
@@ -271,10 +297,13 @@ def run_demo(data_dir, n=DEFAULT_N, batch_size=DEFAULT_BATCH_SIZE, out=DEFAULT_O
     keep = min(FIGURE_IMAGES, n)
     attacks, kept = {}, {}
     figure_attack = None
-    for key, label, budget, attack, reports_budget in attack_specs(model, steps):
-        result, kept[key] = run_attack(attack, label, images, labels, batch_size, device, seed, keep,
-                                       reports_budget, progress)
-        result["budget"] = budget
+    for spec in attack_specs(model, steps):
+        key, attack = spec["key"], spec["attack"]
+        images_per_batch = max(1, batch_size // spec["tiles"])
+        result, kept[key] = run_attack(attack, spec["label"], images, labels, images_per_batch, device, seed, keep,
+                                       spec["reports_budget"], progress)
+        result["budget"] = spec["budget"]
+        result["images_per_batch"] = images_per_batch
         result["params"] = {"eps": attack.eps, "eps_low": getattr(attack, "eps_low", None), "alpha": attack.alpha,
                             "steps": attack.steps, **({"k": attack.k} if key == "mma" else {})}
         attacks[key] = result
@@ -297,11 +326,14 @@ def run_demo(data_dir, n=DEFAULT_N, batch_size=DEFAULT_BATCH_SIZE, out=DEFAULT_O
         "device": str(device),
         "device_name": device_description(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_start": load_at_start,
     }
     os.makedirs(out, exist_ok=True)
     draw_figure(os.path.join(out, "demo.png"), model, figure_attack, images[:keep], labels[:keep],
                 clean_preds[:keep], kept["pixel_ag"], device, steps)
     report["total_seconds"] = time.perf_counter() - began
+    report["load_average_end"] = load_average()
     write_atomic(os.path.join(out, "demo.md"), format_markdown(report))
     write_atomic(os.path.join(out, "demo.json"), json.dumps(report, indent=2) + "\n")
     print(format_text(report), file=stream)

@@ -77,7 +77,7 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
     budget_cmap = ListedColormap(BUDGET_COLOURS)
     magnification = 0.5 / eps if eps > 0 else 1.0
     rows = (
-        "clean image\ntrue / predicted",
+        "clean image",
         "GradCAM\n(predicted class)",
         f"{attack_name} budget\n(rule \"cam\")",
         f"{attack_name} perturbation\n(x{magnification:.0f}, grey = 0)",
@@ -89,7 +89,7 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
 
         ax = axes[0, j]
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"{class_names[label]}\n{class_names[pred]}", fontsize=9,
+        ax.set_title(f"true {class_names[label]}\npred {class_names[pred]}", fontsize=9,
                      color="black" if pred == label else "#c0001a")
 
         ax = axes[1, j]
