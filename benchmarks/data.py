@@ -12,9 +12,9 @@ CIFAR10_TEST_FILES = ("test_batch",)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def _ensure_cifar10(data_dir, download):
+def _ensure_cifar10(data_dir, download, train):
     folder = os.path.join(data_dir, CIFAR10_FOLDER)
-    needed = CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES
+    needed = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
     missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
     if not missing:
         return folder
@@ -22,7 +22,7 @@ def _ensure_cifar10(data_dir, download):
         try:
             import torchvision
 
-            torchvision.datasets.CIFAR10(root=data_dir, train=False, download=True)
+            torchvision.datasets.CIFAR10(root=data_dir, train=train, download=True)
             return folder
         except Exception as error:  # offline, proxy, disk: all end in the same advice
             reason = f" (download failed: {error})"
@@ -43,7 +43,7 @@ def load_cifar10(data_dir, train=False, n=None, download=True):
     :param n: keep only the first ``n`` images (in file order, deterministic).
     :param download: try torchvision's download when files are missing.
     """
-    folder = _ensure_cifar10(data_dir, download)
+    folder = _ensure_cifar10(data_dir, download, train)
     images, labels = [], []
     for name in CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES:
         with open(os.path.join(folder, name), "rb") as f:
