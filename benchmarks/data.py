@@ -54,3 +54,122 @@ def load_cifar10(data_dir, train=False, n=None, download=True):
             break
     data = np.concatenate(images)[:n].reshape(-1, 3, 32, 32)
     return torch.from_numpy(data).float().div_(255), torch.tensor(labels[:n], dtype=torch.int64)
+
+
+SVHN_FOLDER = "svhn"
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}  # torchvision's names
+
+
+def _ensure_svhn(data_dir, download, split):
+    folder = os.path.join(data_dir, SVHN_FOLDER)
+    name = SVHN_FILES[split]
+    if os.path.isfile(os.path.join(folder, name)):
+        return os.path.join(folder, name)
+    if download:
+        try:
+            import torchvision
+
+            torchvision.datasets.SVHN(root=folder, split=split, download=True)
+            return os.path.join(folder, name)
+        except Exception as error:  # offline, proxy, disk, md5: all end in the same advice
+            reason = f" (download failed: {error})"
+    else:
+        reason = ""
+    raise FileNotFoundError(
+        f"SVHN not found in {os.path.abspath(folder)}{reason}: missing {name}. "
+        f"Put the cropped-digits files of SVHN ({', '.join(SVHN_FILES[s] for s in ('train', 'test'))}, format 2 from "
+        f"http://ufldl.stanford.edu/housenumbers/, as torchvision.datasets.SVHN(root='{os.path.abspath(folder)}') "
+        f"reads them) in {os.path.abspath(folder)}/, or run once online."
+    )
+
+
+def load_svhn(data_dir, split="train", n=None, download=True):
+    """SVHN cropped digits as tensors: images float32 (N, 3, 32, 32) in [0, 1], labels int64 (N,) in [0, 10).
+
+    Reads ``<data_dir>/svhn/{train,test,extra}_32x32.mat``: the files of torchvision.datasets.SVHN with
+    ``root=<data_dir>/svhn``. As in torchvision, the label 10 that SVHN gives the digit 0 becomes 0.
+
+    :param data_dir: folder holding ``svhn/``.
+    :param split: "train" (73,257 images), "test" (26,032) or "extra" (531,131).
+    :param n: keep only the first ``n`` images (in file order, deterministic).
+    :param download: try torchvision's download when the file is missing.
+    """
+    if split not in SVHN_FILES:
+        raise ValueError(f"split must be one of {', '.join(SVHN_FILES)}, not {split!r}")
+    path = _ensure_svhn(data_dir, download, split)
+    import scipy.io
+
+    mat = scipy.io.loadmat(path)
+    images = np.ascontiguousarray(np.transpose(mat["X"][..., :n], (3, 2, 0, 1)))  # (H, W, C, N) -> (N, C, H, W)
+    labels = mat["y"].astype(np.int64).reshape(-1)[:n]
+    labels[labels == 10] = 0
+    return torch.from_numpy(images).float().div_(255), torch.from_numpy(labels)
+
+
+TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+def _tiny_imagenet_root(data_dir, folder, split):
+    root = os.path.join(data_dir, folder) if folder else data_dir
+    needed = ["wnids.txt", "train"] if split == "train" else ["wnids.txt", "val/images", "val/val_annotations.txt"]
+    missing = [p for p in needed if not os.path.exists(os.path.join(root, p))]
+    if missing:
+        raise FileNotFoundError(
+            f"TinyImageNet-200 not found in {os.path.abspath(root)}: missing {', '.join(missing)}. "
+            f"Expected the original layout: wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+            f"val/val_annotations.txt. torchvision does not download it: unzip {TINY_IMAGENET_URL} "
+            f"under {os.path.abspath(data_dir)} (giving {TINY_IMAGENET_FOLDER}/), or pass folder= to name another."
+        )
+    return root
+
+
+def _read_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))  # some TinyImageNet JPEGs are grayscale
+    if array.shape != (64, 64, 3):
+        raise ValueError(f"{path}: expected a 64x64 image, got {array.shape[1]}x{array.shape[0]}")
+    return array
+
+
+def load_tiny_imagenet(data_dir, split="train", n=None, folder=TINY_IMAGENET_FOLDER):
+    """TinyImageNet-200 as tensors: images float32 (N, 3, 64, 64) in [0, 1], labels int64 (N,) in [0, 200).
+
+    Class index = position of the wnid in sorted order, the order torchvision's ImageFolder gives the train
+    folder names (wnids.txt itself is not sorted). Train images come class by class, file names sorted within
+    a class (ImageFolder's order, so the first ``n`` are not class-balanced); validation images come in the
+    order of val/val_annotations.txt, which also gives their labels. Grayscale JPEGs are converted to RGB.
+
+    :param data_dir: folder holding ``folder`` in the original layout.
+    :param split: "train" or "val".
+    :param n: keep only the first ``n`` images (deterministic; only those are decoded).
+    :param folder: the dataset folder under ``data_dir``; None or "" when ``data_dir`` is that folder itself.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    root = _tiny_imagenet_root(data_dir, folder, split)
+    with open(os.path.join(root, "wnids.txt")) as f:
+        wnids = sorted(line.strip() for line in f if line.strip())
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    items = []  # (path, label)
+    if split == "train":
+        for wnid in wnids:
+            images = os.path.join(root, "train", wnid, "images")
+            if not os.path.isdir(images):
+                raise FileNotFoundError(f"TinyImageNet-200: missing {os.path.abspath(images)}/ for class {wnid}")
+            items += [(os.path.join(images, name), index[wnid]) for name in sorted(os.listdir(images))
+                      if name.lower().endswith((".jpeg", ".jpg"))]
+            if n is not None and len(items) >= n:
+                break
+    else:
+        with open(os.path.join(root, "val", "val_annotations.txt")) as f:
+            for line in f:
+                if line.strip():
+                    name, wnid = line.split("\t")[:2]
+                    items.append((os.path.join(root, "val", "images", name), index[wnid]))
+    items = items[:n]
+    images = np.stack([_read_rgb(path) for path, _ in items]) if items else np.zeros((0, 64, 64, 3), np.uint8)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().float().div_(255), labels
