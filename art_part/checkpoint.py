@@ -8,33 +8,30 @@ import numpy as np
 import torch
 
 
-def atomic_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+def atomic_write(path, write, binary=True):
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it to ``path``: a kill never
+    leaves half a file, and readers see the old or the new version, nothing between."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def atomic_save(obj, path):
+    """``torch.save`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def load(path, device="cpu"):

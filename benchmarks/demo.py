@@ -14,10 +14,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import torch
+
+from art_part.checkpoint import atomic_write_text
 
 from . import UsageError
 
@@ -232,22 +233,6 @@ def format_markdown(report):
     return "\n".join(md)
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def draw_figure(path, model, attack, images, labels, clean_preds, adv_images, device, steps):
     """demo.png for the first images: the CAM and budget are those the attack itself computes."""
     import torchattacks_part as tp
@@ -334,8 +319,8 @@ def run_demo(data_dir, n=DEFAULT_N, batch_size=DEFAULT_BATCH_SIZE, out=DEFAULT_O
                 clean_preds[:keep], kept["pixel_ag"], device, steps)
     report["total_seconds"] = time.perf_counter() - began
     report["load_average_end"] = load_average()
-    write_atomic(os.path.join(out, "demo.md"), format_markdown(report))
-    write_atomic(os.path.join(out, "demo.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(format_markdown(report), os.path.join(out, "demo.md"))
+    atomic_write_text(json.dumps(report, indent=2) + "\n", os.path.join(out, "demo.json"))
     print(format_text(report), file=stream)
     print(f"Wrote {os.path.join(out, 'demo.json')}, demo.md and demo.png", file=stream, flush=True)
     return report

@@ -5,8 +5,6 @@ Each figure is a function that takes tensors and a path and writes one PNG atomi
 change the global backend and leave no open figures behind.
 """
 
-import os
-import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -27,19 +25,10 @@ def fraction_of_255(value):
 
 
 def save_figure(fig, path, dpi=150):
-    """Write ``fig`` as a PNG to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write ``fig`` as a PNG to ``path`` atomically."""
+    from art_part.checkpoint import atomic_write
+
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def _hwc(image):

@@ -48,6 +48,7 @@ import sys
 import time
 
 from . import UsageError
+from .__main__ import positive_int
 
 DEFAULT_N = 512
 DEFAULT_BATCH_SIZE = 128
@@ -542,16 +543,6 @@ def markdown(report):
 # ------------------------------------------------------------------------------------------------- entry point
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _run_list(text):
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in names if t not in RUNS]
@@ -572,11 +563,11 @@ def build_parser():
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available (default auto)")
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet18", help="architecture (default resnet18)")
-    parser.add_argument("--n", type=_positive_int, default=DEFAULT_N,
+    parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
                         help=f"training images, the first N of CIFAR-10's training set (default {DEFAULT_N})")
-    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"default {DEFAULT_BATCH_SIZE}")
-    parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                         help=f"timed epochs per run, after one untimed warm-up epoch (default {DEFAULT_EPOCHS})")
     parser.add_argument("--runs", type=_run_list, default=list(RUNS),
                         help=f"comma-separated subset of {','.join(RUNS)}, run in that order (default all, in "
@@ -585,7 +576,7 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of every run")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast of the training forward (CUDA only)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's own). On a CPU shared with other work, 1 "
                              "avoids the thread pool's spin-waits, which make 2-thread epochs 5x slower at random")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 from benchmarks.data import load_cifar10
-from benchmarks.models import pretrained_resnet18
+from benchmarks.models import TinyCNN, pretrained_resnet18
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,21 +37,6 @@ def cifar_batch(cifar_test):
     """32 real images: a batch for attack tests."""
     images, labels = cifar_test
     return images[:32].clone(), labels[:32].clone()
-
-
-class TinyCNN(nn.Module):
-    """Two conv blocks and a linear head: 8x8 feature maps on 32x32 inputs, so CAMs are informative."""
-
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 @pytest.fixture
