@@ -431,7 +431,7 @@ class _TensorSource:
             self.num_batches = math.ceil(len(self.own) / self.batch_size)
 
     def set_epoch(self, epoch):
-        pass
+        """Nothing to do: the shuffle draws from the trainer's generator."""
 
     def batches(self, generator):
         count = self.num_samples if self.own is None else len(self.own)
@@ -527,7 +527,7 @@ class _GeneratorSource:
                              "fit_loader with a DistributedSampler")
 
     def set_epoch(self, epoch):
-        pass
+        """Nothing to do: the DataGenerator shuffles itself."""
 
     def batches(self, _):
         for _ in range(self.num_batches):

@@ -102,7 +102,7 @@ def _proc_status_kib(field):
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
-        pass
+        return None  # no /proc: not Linux
     return None
 
 
@@ -120,7 +120,7 @@ def _malloc_trim():
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
-        pass
+        return  # not glibc: nothing to trim
 
 
 class PeakMemory:
@@ -459,7 +459,7 @@ def _cpu_name():
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        return platform.processor() or platform.machine()
     return platform.processor() or platform.machine()
 
 
