@@ -10,7 +10,7 @@ import torch
 from torchattacks.attack import Attack
 
 from .budget import RULES, degenerate_maps, important_pixels
-from .cam import CAM_METHODS, cam_maps, layer_candidates
+from .cam import CAM_METHODS, compute_maps, layer_candidates
 from .checks import check_budget, check_budget_params, check_choice, check_images, check_labels, check_steps
 
 
@@ -37,12 +37,13 @@ class PixelBudgetAttack(Attack):
         check_choice("rule", rule, RULES)
         if not isinstance(random_start, bool):
             raise ValueError(f"random_start must be True or False, got {random_start!r}")
-        if eps_low is not None and eps_low < eps:
-            layer_candidates(model, target_layer)  # fail now, not mid-batch, if there is no layer for the CAM
+        # Resolved once, and now: no layer for the CAM fails here, not mid-batch.
+        cam_layers = layer_candidates(model, target_layer) if eps_low is not None and eps_low < eps else None
         super().__init__(name, model)
         self.eps, self.eps_low, self.alpha, self.steps = eps, eps_low, alpha, steps
         self.random_start = random_start
         self.cam, self.target_layer, self.rule = cam, target_layer, rule
+        self._cam_layers = cam_layers
         #: Number of degenerate CAMs (given eps everywhere) in the last call, a 0-dim tensor on the model's device.
         self.last_degenerate = None
         #: Fraction of entries that got the full eps in the last call, a 0-dim tensor.
@@ -71,7 +72,9 @@ class PixelBudgetAttack(Attack):
         The CAM of the attacked model, on ``images`` (B, C, H, W) in [0, 1], for the predicted class. Sets
         ``last_degenerate``.
         """
-        cams = cam_maps(self.model, self._model_input(images), self.target_layer, self.cam)
+        if self._cam_layers is None:
+            self._cam_layers = layer_candidates(self.model, self.target_layer)
+        cams = compute_maps(self.model, self._model_input(images), self._cam_layers, self.cam)
         self.last_degenerate = degenerate_maps(cams).sum()
         return important_pixels(cams, self.rule)
 

@@ -161,6 +161,12 @@ def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
     if targets is not None:
         # Shape and sign now, the upper bound once the logits are known.
         check_labels(torch.as_tensor(targets), images.shape[0], name="targets")
+    return compute_maps(model, images, candidates, method, targets)
+
+
+def compute_maps(model, images, candidates, method, targets=None):
+    """:func:`cam_maps` without its checks, for callers that validated their inputs and resolved the layer
+    candidates once (:func:`layer_candidates`): the attacks, on every batch of a training run."""
     with preserved_state(model), torch.enable_grad():
         if method in NATIVE_METHODS:
             # The input needs a graph so the activation has one, even when the parameters are frozen.
