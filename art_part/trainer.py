@@ -95,10 +95,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 is not classifier.optimizer:
             raise ValueError("schedule must be built on the classifier's optimizer (classifier.optimizer), "
                              "not on another one")
-        clip = classifier.clip_values
-        if clip is None or np.shape(clip) != (2,) or float(clip[0]) != 0.0 or float(clip[1]) != 1.0:
-            raise ValueError(f"clip_values of the classifier must be (0, 1), got {clip!r}")
-
+        # clip_values (0, 1) is checked by the attack built below, before any work.
         inner, self.outer, self.pixel_reweighted = METHODS[method]
         self.method, self.eps, self.alpha, self.steps = method, eps, alpha, steps
         self.eps_low = eps_low if self.pixel_reweighted else eps
@@ -253,7 +250,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 budget = self.attack.budget(x)  # s = 1: the CAM of this very batch, right before its attack
                 degenerate += self.attack.last_degenerate
             else:
-                budget = self.attack.budget_from(masks.lookup(index, offsets, flips)).to(x.dtype)
+                budget = self.attack.budget_from(masks.lookup(index, offsets, flips), x.dtype)
             loss, natural_correct, adversarial_correct = self._step(model, optimizer, x, y, budget)
             totals += torch.stack([loss.detach() * len(x), natural_correct, adversarial_correct,
                                    ones * len(x),

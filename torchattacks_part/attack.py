@@ -9,7 +9,7 @@ only in their objective.
 import torch
 from torchattacks.attack import Attack
 
-from .budget import RULES, degenerate_maps, important_pixels
+from .budget import RULES, budget_from_mask, degenerate_maps, important_pixels
 from .cam import CAM_METHODS, compute_maps, layer_candidates
 from .checks import check_budget, check_budget_params, check_choice, check_images, check_labels, check_steps
 
@@ -78,18 +78,18 @@ class PixelBudgetAttack(Attack):
         self.last_degenerate = degenerate_maps(cams).sum()
         return important_pixels(cams, self.rule)
 
-    def budget_from(self, important):
+    def budget_from(self, important, dtype=torch.float32):
         """Budgets from an importance mask: ``eps`` where True, ``eps_low`` elsewhere. Sets the important fraction."""
         self.last_important_fraction = important.float().mean()
         low = self.eps if self.eps_low is None else self.eps_low
-        return torch.where(important, self.eps, low)
+        return budget_from_mask(important, self.eps, low, dtype)
 
     def budget(self, images):
         """The per-entry budget of ``images`` (B, C, H, W) in [0, 1]: (B, 1, H, W), or (B, 3, H, W) for rule "jet"."""
         if not self.uses_cam:
             self.last_degenerate = torch.zeros((), device=images.device)
-            return self.budget_from(torch.ones_like(images[:, :1], dtype=torch.bool)).to(images.dtype)
-        return self.budget_from(self.important(images)).to(images.dtype)
+            return self.budget_from(torch.ones_like(images[:, :1], dtype=torch.bool), images.dtype)
+        return self.budget_from(self.important(images), images.dtype)
 
     def forward(self, images, labels, budget=None):
         """Adversarial images for ``images`` (B, C, H, W) in [0, 1] and ``labels`` (B,).

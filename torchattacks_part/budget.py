@@ -99,8 +99,12 @@ def budget_map(cams, eps, eps_low, rule="cam", generator=None):
         broadcastable to the images.
     """
     eps, eps_low, _ = check_budget_params(eps, eps_low)
-    important = important_pixels(cams, rule, generator)
     dtype = cams.dtype if cams.is_floating_point() else torch.float32
-    high = torch.tensor(eps, dtype=dtype, device=cams.device)
-    low = torch.tensor(eps_low, dtype=dtype, device=cams.device)
+    return budget_from_mask(important_pixels(cams, rule, generator), eps, eps_low, dtype)
+
+
+def budget_from_mask(important, eps, eps_low, dtype=torch.float32):
+    """``eps`` where ``important`` is True, ``eps_low`` elsewhere (Algorithm 1 of the paper), in ``dtype``."""
+    high = torch.tensor(eps, dtype=dtype, device=important.device)
+    low = torch.tensor(eps_low, dtype=dtype, device=important.device)
     return torch.where(important, high, low)
