@@ -60,6 +60,9 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         attack; s > 1 caches one mask per sample, computed on the un-augmented images every s epochs.
     :param cam: CAM method; :param target_layer: CAM layer (None: last conv block); :param rule: "cam", "jet" or
         "random" (see :mod:`torchattacks_part.budget`).
+    :param fixed_mask: optional boolean tensor (1 or B, 1, H, W) of important pixels that replaces the CAM for
+        every batch after the burn-in, e.g. :func:`torchattacks_part.budget.quadrant_mask` for the paper's
+        proof-of-concept (Figure 1). The same pixels in every (augmented) image: a fixed region, not an object.
     :param example_generator: "pgd" (Pixel-AG) or "mma" (minimum-margin attack with the same budget, paper Table 5).
     :param mma_k: MMA's number of target classes.
     :param augment: random crop (4-pixel zero padding) and horizontal flip on the device (CIFAR-10); False for SVHN.
@@ -75,7 +78,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
 
     def __init__(self, classifier, method="part", eps=8 / 255, eps_low=7 / 255, alpha=2 / 255, steps=10,
                  random_start=True, beta=6.0, burn_in=20, mask_refresh=1, cam="gradcam", target_layer=None,
-                 rule="cam", example_generator="pgd", mma_k=3, augment=True, schedule="paper", checkpoint_dir=None,
+                 rule="cam", fixed_mask=None, example_generator="pgd", mma_k=3, augment=True, schedule="paper", checkpoint_dir=None,
                  track_natural=True, amp=False, channels_last=False, seed=0, verbose=True):
         check_choice("method", method, METHODS)
         check_choice("example_generator", example_generator, EXAMPLE_GENERATORS)
@@ -85,6 +88,11 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         check_number("beta", beta)
         if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
             raise ValueError(f"burn_in must be an integer >= 0, got {burn_in!r}")
+        if fixed_mask is not None and (not isinstance(fixed_mask, torch.Tensor) or fixed_mask.dtype != torch.bool
+                                       or fixed_mask.dim() != 4 or fixed_mask.shape[1] != 1):
+            got = (f"{tuple(fixed_mask.shape)} {fixed_mask.dtype}" if isinstance(fixed_mask, torch.Tensor)
+                   else type(fixed_mask).__name__)
+            raise ValueError(f"fixed_mask must be None or a boolean tensor of shape (1 or B, 1, H, W), got {got}")
         if isinstance(schedule, str):
             check_choice("schedule", schedule, SCHEDULES)
         elif not hasattr(schedule, "step") or not hasattr(schedule, "state_dict"):
@@ -103,6 +111,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         self.augment, self.schedule, self.checkpoint_dir = augment, schedule, checkpoint_dir
         self.track_natural, self.amp, self.channels_last, self.seed = track_natural, amp, channels_last, seed
         self.verbose = verbose
+        self.fixed_mask = None if fixed_mask is None else fixed_mask.to(classifier.device)
         common = dict(eps=eps, eps_step=alpha, max_iter=steps, num_random_init=int(random_start),
                       eps_low=self.eps_low, cam=cam, target_layer=target_layer, rule=rule)
         if example_generator == "mma":
@@ -164,7 +173,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         loader = getattr(generator, "iterator", None)
         if isinstance(loader, torch.utils.data.DataLoader):
             return self.fit_loader(loader, nb_epochs, resume, callback)
-        if self.pixel_reweighted and self.mask_refresh > 1:
+        if self.pixel_reweighted and self.mask_refresh > 1 and self.fixed_mask is None:
             raise ValueError("mask_refresh > 1 needs per-sample indices: use fit(x, y), fit_loader, or a "
                              "PyTorchDataGenerator over a dataset that yields (x, y, index)")
         self._train(_GeneratorSource(generator, self.device), nb_epochs, resume, callback)
@@ -178,6 +187,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         if self.pixel_reweighted and self.eps_low < self.eps and self.burn_in >= nb_epochs:
             raise ValueError(f"burn_in must be < nb_epochs for {self.method} (PART never starts otherwise), got "
                              f"burn_in={self.burn_in}, nb_epochs={nb_epochs}")
+        shape = getattr(source, "image_shape", None)  # an ART DataGenerator's shape is known at its first batch
+        if self.fixed_mask is not None and shape is not None and tuple(self.fixed_mask.shape[-2:]) != shape[-2:]:
+            raise ValueError(f"fixed_mask must match the images' height and width {shape[-2:]}, "
+                             f"got {tuple(self.fixed_mask.shape[-2:])}")
         model = self._classifier.model
         optimizer = self._classifier.optimizer
         if self.channels_last and self.device.type == "cuda":
@@ -195,7 +208,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         self._extra_generators = source.generators()
         self.history = []  # this run's records (a resumed run gets those of the checkpoint back)
         masks = None
-        if self.pixel_reweighted and self.mask_refresh > 1:
+        if self.pixel_reweighted and self.mask_refresh > 1 and self.fixed_mask is None:
             masks = MaskCache(source.num_samples, self._mask_shape(source), self.device)
         start = 0
         path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME) if self.checkpoint_dir else None
@@ -246,6 +259,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                 x = crop_flip(x, offsets, flips)
             if not part:
                 budget = self._uniform_budget(x)
+            elif self.fixed_mask is not None:
+                budget = self.attack.budget_from(self.fixed_mask.expand(len(x), -1, -1, -1), x.dtype)
             elif masks is None:
                 budget = self.attack.budget(x)  # s = 1: the CAM of this very batch, right before its attack
                 degenerate += self.attack.last_degenerate

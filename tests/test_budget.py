@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchattacks_part import budget_map, cam_maps, degenerate_maps
+from torchattacks_part import budget_map, cam_maps, degenerate_maps, quadrant_mask
 
 EPS, EPS_LOW = 8 / 255, 7 / 255
 
@@ -93,3 +93,21 @@ def test_bad_parameters(real_cams, kwargs, name):
 def test_bad_map_shape(real_cams):
     with pytest.raises(ValueError, match="cams"):
         budget_map(real_cams[:, None], EPS, EPS_LOW)
+
+
+@pytest.mark.parametrize("quarter, rows, cols", [("ul", (0, 16), (0, 16)), ("ur", (0, 16), (16, 32)),
+                                                 ("bl", (16, 32), (0, 16)), ("br", (16, 32), (16, 32))])
+def test_quadrant_mask_lowers_exactly_one_quarter(quarter, rows, cols):
+    mask = quadrant_mask(32, 32, quarter)
+    assert mask.shape == (1, 1, 32, 32) and mask.dtype == torch.bool
+    expected = torch.ones(32, 32, dtype=torch.bool)
+    expected[rows[0]:rows[1], cols[0]:cols[1]] = False
+    assert torch.equal(mask[0, 0], expected)
+    assert mask.float().mean().item() == 0.75  # same overall budget whichever quarter is low (paper Figure 1)
+
+
+def test_quadrant_mask_bad_parameters():
+    with pytest.raises(ValueError, match="low_quarter"):
+        quadrant_mask(32, 32, "left")
+    with pytest.raises(ValueError, match="height"):
+        quadrant_mask(1, 32, "ul")

@@ -27,7 +27,7 @@ from art_part.augment import crop_flip
 from art_part.masks import MaskCache
 from art_part.trainer import METHODS, AdversarialTrainerPARTPyTorch
 from benchmarks.data import load_cifar10
-from torchattacks_part import MMA, budget_map, cam_maps, important_pixels
+from torchattacks_part import MMA, budget_map, cam_maps, important_pixels, quadrant_mask
 
 EPS, EPS_LOW = 8 / 255, 4 / 255
 LR = 0.05
@@ -202,6 +202,29 @@ def test_s1_budget_is_the_cam_budget_of_each_augmented_image(new_model, train_da
         else:
             assert budget.shape == (64, 1, 32, 32)
             assert torch.equal(budget, reference), step
+
+
+def test_fixed_mask_replaces_the_cam_after_the_burn_in(new_model, train_data):
+    """Paper Figure 1: a fixed quarter gets eps_low in every augmented image, the rest eps; no CAM is computed."""
+    x, y = train_data[0][:128], train_data[1][:128]
+    trainer = make_trainer(new_model(), "part", fixed_mask=quadrant_mask(32, 32, "br"))
+    trainer.attack.important = None  # calling the CAM would fail
+    calls = spy_attack(trainer)
+    trainer.fit(x, y, batch_size=64, nb_epochs=2)
+    expected = torch.full((1, 1, 32, 32), EPS)
+    expected[..., 16:, 16:] = EPS_LOW
+    assert [(c[2] == EPS).all().item() for c in calls] == [True, True, False, False]  # burn-in, then the mask
+    for _, _, budget, _ in calls[2:]:
+        assert torch.equal(budget, expected.expand(64, -1, -1, -1))
+    assert trainer.history[-1]["important_fraction"] == pytest.approx(0.75)
+
+
+def test_fixed_mask_is_checked(new_model, train_data):
+    with pytest.raises(ValueError, match="fixed_mask"):
+        make_trainer(new_model(), fixed_mask=torch.ones(1, 1, 32, 32))  # not boolean
+    with pytest.raises(ValueError, match="fixed_mask"):
+        make_trainer(new_model(), fixed_mask=quadrant_mask(16, 16, "ul")).fit(
+            train_data[0][:32], train_data[1][:32], batch_size=32, nb_epochs=2)
 
 
 def test_s2_masks_are_cached_per_sample_and_moved_with_their_images(new_model, train_data, monkeypatch):

@@ -3,7 +3,7 @@
 The math lives here once (``cam``, ``budget``, ``step``, ``losses``); ``art_part`` adapts it to ART.
 """
 
-from .budget import RULES, budget_map, degenerate_maps, important_pixels
+from .budget import QUARTERS, RULES, budget_map, degenerate_maps, important_pixels, quadrant_mask
 from .cam import CAM_METHODS, cam_maps
 from .mma import MMA
 from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW, PixelAG
@@ -14,9 +14,11 @@ __all__ = [
     "CAM_METHODS",
     "MMA",
     "PixelAG",
+    "QUARTERS",
     "RULES",
     "budget_map",
     "cam_maps",
     "degenerate_maps",
     "important_pixels",
+    "quadrant_mask",
 ]

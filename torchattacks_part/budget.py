@@ -24,6 +24,7 @@ import torch
 from .checks import check_budget_params, check_choice
 
 RULES = ("cam", "jet", "random")
+QUARTERS = ("ul", "ur", "bl", "br")
 
 
 def degenerate_maps(cams):
@@ -108,3 +109,21 @@ def budget_from_mask(important, eps, eps_low, dtype=torch.float32):
     high = torch.tensor(eps, dtype=dtype, device=important.device)
     low = torch.tensor(eps_low, dtype=dtype, device=important.device)
     return torch.where(important, high, low)
+
+
+def quadrant_mask(height, width, low_quarter, device=None):
+    """The fixed mask of the paper's proof-of-concept (Figure 1): every pixel is important except one quarter.
+
+    :param height: image height; :param width: image width (the quarters split both in half).
+    :param low_quarter: the quarter that gets ``eps_low``: "ul" (upper left), "ur", "bl" or "br".
+    :return: boolean tensor (1, 1, H, W), False on ``low_quarter``, broadcastable to a batch.
+    """
+    check_choice("low_quarter", low_quarter, QUARTERS)
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+    important = torch.ones(1, 1, height, width, dtype=torch.bool, device=device)
+    rows = slice(0, height // 2) if low_quarter[0] == "u" else slice(height // 2, height)
+    cols = slice(0, width // 2) if low_quarter[1] == "l" else slice(width // 2, width)
+    important[..., rows, cols] = False
+    return important
