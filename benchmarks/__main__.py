@@ -9,6 +9,7 @@ reported on stderr in one line without a traceback.
 """
 
 import argparse
+import os
 import sys
 
 from . import UsageError
@@ -79,6 +80,182 @@ def cmd_demo(args):
     return 0
 
 
+# --- train / evaluate / compare / figures / run ---------------------------------------------------------------
+
+
+def _add_common(parser, data=True, preset=True):
+    from .presets import DATASETS, PRESETS
+
+    if preset:
+        parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke",
+                            help="smoke: CPU, minutes (tiny CNN, 5000 train / 500 test images); paper: GPU, the "
+                                 "paper's Table 1 recipe (default smoke)")
+        parser.add_argument("--dataset", choices=DATASETS, default="cifar10", help="(default cifar10)")
+    if data:
+        parser.add_argument("--data-dir", required=True,
+                            help="folder holding cifar-10-batches-py/, svhn/ or tiny-imagenet-200/ "
+                                 "(CIFAR-10 and SVHN are downloaded there by torchvision when missing and online)")
+    parser.add_argument("--out", default=None, help="results folder (default results/<preset>)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the preset's (smoke: cpu; paper: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_train_options(parser):
+    from .presets import EXPERIMENTS
+
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="main",
+                        help="main: AT and PART; table1: the nine rows of Table 1; eps-low-sweep (Figure 4); "
+                             "quadrant (Figure 1); cam-methods (Table 6); generators (Table 5); mask-rules "
+                             "(paper rule vs released colour bands vs random mask) (default main)")
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
+                        help="training seeds (default: the preset's: smoke 0; paper 0 1 2)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
+
+
+def _add_evaluate_options(parser):
+    from .evaluate import ATTACK_HELP, SUITES
+
+    parser.add_argument("--attacks", nargs="+", default=None,
+                        help=f"attacks to run instead of the preset's suite ({', '.join(f'{k}: ' + ' '.join(v) for k, v in SUITES.items() if k != 'table1')}); names: {ATTACK_HELP}")
+    parser.add_argument("--n", type=positive_int, default=None,
+                        help="evaluate the first N test images (default: the preset's: smoke 500; paper 10000)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")
+    parser.add_argument("--surrogate", default="auto",
+                        help="model of the trust checks' transfer attack: auto (another trained run, AT first), "
+                             "none, or a model.pt path (default auto)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where generated CIFAR-10-C goes when the official files are not in "
+                             "<data-dir>/CIFAR-10-C (default <out>/data)")
+
+
+def add_train_parser(subparsers):
+    parser = subparsers.add_parser("train", help="train the runs of an experiment (resumable)",
+                                   description="Train every run of --experiment under --preset, one folder per run "
+                                               "in <out>/runs/; a killed run resumes from its last epoch.")
+    _add_common(parser)
+    _add_train_options(parser)
+    parser.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from .pipeline import cmd_train as train, default_out
+
+    train(args.preset, args.experiment, args.dataset, args.seeds, args.out or default_out(args.preset),
+          args.data_dir, args.device, epochs=args.epochs, progress=not args.no_progress)
+    return 0
+
+
+def add_evaluate_parser(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate trained runs, checkpoints or RobustBench zoo models (resumable)",
+        description="Run the preset's attack suite on every trained run under <out>/runs (default), on "
+                    "--checkpoint files, or on RobustBench model-zoo models (--zoo NAME, read from --model-dir). "
+                    "Each attack's result is saved as soon as it is computed; a killed evaluation resumes.")
+    _add_common(parser)
+    _add_evaluate_options(parser)
+    parser.add_argument("--checkpoint", nargs="+", default=(), help="model.pt files written by train")
+    parser.add_argument("--zoo", nargs="+", default=(), help="RobustBench model names, e.g. Wong2020Fast")
+    parser.add_argument("--model-dir", default="models",
+                        help="RobustBench model folder: <model-dir>/<dataset>/<threat>/<name>.pt (default models)")
+    parser.add_argument("--threat-model", default="Linf", help="RobustBench threat model (default Linf)")
+    parser.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args):
+    from .pipeline import cmd_evaluate as evaluate, default_out
+
+    try:
+        evaluate(args.preset, args.out or default_out(args.preset), args.data_dir, args.device, attacks=args.attacks,
+                 n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
+                 model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
+                 surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def add_compare_parser(subparsers):
+    parser = subparsers.add_parser("compare", help="side-by-side tables of saved evaluations (md, json, csv)")
+    parser.add_argument("--out", default=os.path.join("results", "smoke"),
+                        help="results folder (default results/smoke)")
+    parser.add_argument("--report-dir", default=None, help="where to write (default <out>/report)")
+    parser.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args):
+    from .pipeline import cmd_compare as compare
+
+    compare(args.out, args.report_dir)
+    return 0
+
+
+def add_figures_parser(subparsers):
+    parser = subparsers.add_parser("figures", help="trade-off scatter, CAM grid (AT vs PART), eps_low sweep, "
+                                                   "CIFAR-10-C grid")
+    parser.add_argument("--out", default=os.path.join("results", "smoke"),
+                        help="results folder (default results/smoke)")
+    parser.add_argument("--data-dir", required=True, help="folder holding the data set (for the CAM grid)")
+    parser.add_argument("--report-dir", default=None, help="where to write (default <out>/report)")
+    parser.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args):
+    from .pipeline import cmd_figures as figures
+
+    figures(args.out, args.data_dir, args.report_dir)
+    return 0
+
+
+def add_run_parser(subparsers):
+    parser = subparsers.add_parser("run", help="train, evaluate, compare and draw: the whole pipeline",
+                                   description="train + evaluate + compare + figures for one preset and "
+                                               "experiment; every step skips what is already done.")
+    _add_common(parser)
+    _add_train_options(parser)
+    _add_evaluate_options(parser)
+    parser.set_defaults(func=cmd_run)
+
+
+def cmd_run(args):
+    from .pipeline import cmd_compare, cmd_evaluate, cmd_figures, cmd_train, default_out
+
+    out = args.out or default_out(args.preset)
+    progress = not args.no_progress
+    cmd_train(args.preset, args.experiment, args.dataset, args.seeds, out, args.data_dir, args.device,
+              epochs=args.epochs, progress=progress)
+    try:
+        cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
+                     batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
+                     progress=progress, cache_dir=args.cache_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    cmd_compare(out)
+    cmd_figures(out, args.data_dir)
+    return 0
+
+
+def add_cifar10c_parser(subparsers):
+    parser = subparsers.add_parser("cifar10c", help="generate CIFAR-10-C (19 corruptions x 5 severities)",
+                                   description="Generate CIFAR-10-C from the CIFAR-10 test set with the "
+                                               "CIFAR-specific parameters of Hendrycks & Dietterich (2019), in "
+                                               "RobustBench's layout (<out>/CIFAR-10-C/<name>.npy, labels.npy).")
+    parser.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--out", required=True, help="folder to write CIFAR-10-C/ into")
+    parser.add_argument("--n", type=positive_int, default=10000,
+                        help="first N test images (default 10000: the full, RobustBench-readable layout)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="(default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_cifar10c)
+
+
+def cmd_cifar10c(args):
+    from .corruptions import generate_cifar10c
+
+    print(generate_cifar10c(args.data_dir, args.out, n=args.n, seed=args.seed, progress=not args.no_progress))
+    return 0
+
+
 # --- entry point --------------------------------------------------------------------------------------------------
 
 
@@ -86,6 +263,12 @@ def build_parser():
     parser = argparse.ArgumentParser(prog=PROG, description="Benchmarks and demos of PART (ICML 2024).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_demo_parser(subparsers)
+    add_run_parser(subparsers)
+    add_train_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    add_compare_parser(subparsers)
+    add_figures_parser(subparsers)
+    add_cifar10c_parser(subparsers)
     return parser
 
 

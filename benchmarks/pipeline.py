@@ -1,0 +1,169 @@
+"""What the subcommands do, end to end: train an experiment, evaluate its models (and RobustBench's), compare, draw.
+
+``run`` chains the four; the README's main job is ``run --preset smoke``. Every step only adds what is missing,
+so any step (or the whole chain) can be killed and started again.
+"""
+
+import json
+import os
+
+import torch
+
+from . import UsageError
+from .presets import experiment_runs, resolve
+from .train import MODEL_FILE, RUN_FILE, load_model, load_split, train_experiment
+
+
+def default_out(preset):
+    return os.path.join("results", preset)
+
+
+def cmd_train(preset, experiment, dataset, seeds, out, data_dir, device, epochs=None, progress=True):
+    from .demo import resolve_device
+
+    settings = resolve(preset, dataset)
+    if epochs is not None:
+        settings["epochs"] = epochs
+        settings["burn_in"] = min(settings["burn_in"], max(0, epochs - 1))
+    runs = experiment_runs(experiment)
+    seeds = list(seeds) if seeds else settings["seeds"]
+    device = resolve_device(settings["device"] if device == "auto" else device)
+    return train_experiment(settings, runs, seeds, out, data_dir, device, progress, experiment)
+
+
+def trained_runs(out):
+    """(folder, run record) of every finished run under ``<out>/runs``, in the experiment's order."""
+    root = os.path.join(out, "runs")
+    found = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        if os.path.exists(os.path.join(folder, MODEL_FILE)) and os.path.exists(os.path.join(folder, RUN_FILE)):
+            with open(os.path.join(folder, RUN_FILE)) as f:
+                found.append((folder, json.load(f)))
+    found.sort(key=lambda item: (item[1].get("order", 0), item[1]["seed"]))
+    return found
+
+
+def _surrogate_for(record, runs, device):
+    """The paper's transfer check uses an AT model as the surrogate of PART: the first other run, AT first."""
+    others = [(f, r) for f, r in runs if r["label"] != record["label"]
+              and r["settings"]["dataset"] == record["settings"]["dataset"]]
+    if not others:
+        return None, None
+    others.sort(key=lambda item: item[1]["spec"]["method"] != "at")
+    folder, other = others[0]
+    return load_model(os.path.join(folder, MODEL_FILE), device)[0], other["label"]
+
+
+def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
+                 model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
+                 cache_dir=None, seed=0):
+    """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
+    models, each into its own ``eval.json``."""
+    from .demo import resolve_device
+    from .evaluate import SUITES, check_attacks, evaluate_model
+
+    settings = resolve(preset, dataset)
+    attacks = check_attacks(attacks or SUITES[settings["suite"]])
+    device = resolve_device(settings["device"] if device == "auto" else device)
+    n = n or settings["n_test"]
+    batch_size = batch_size or settings["eval_batch_size"]
+    cache_dir = cache_dir or os.path.join(out, "data")
+    images, labels = load_split(dataset, data_dir, train=False, n=n)
+    if "cifar10c" in " ".join(attacks) and dataset != "cifar10":
+        raise UsageError("cifar10c-S attacks need --dataset cifar10")
+    targets = []  # (folder, model, config, surrogate model, surrogate label)
+    runs = trained_runs(out)
+    if not checkpoints and not zoo:
+        if not runs:
+            raise UsageError(f"no trained runs under {os.path.join(out, 'runs')}: run `part-bench train --preset "
+                             f"{preset} --out {out}` first, or pass --checkpoint / --zoo")
+        checkpoints = [os.path.join(folder, MODEL_FILE) for folder, _ in runs
+                       if _.get("settings", {}).get("dataset") == dataset]
+    records = {os.path.abspath(os.path.join(f, MODEL_FILE)): r for f, r in runs}
+    for path in checkpoints:
+        if not os.path.exists(path):
+            raise UsageError(f"--checkpoint {path}: no such file")
+        model, saved = load_model(path, device)
+        record = records.get(os.path.abspath(path))
+        config = {"source": "ours", "label": saved.get("label", os.path.basename(os.path.dirname(path))),
+                  "train_seed": saved.get("seed", 0), "dataset": dataset}
+        sur, sur_label = (None, None)
+        if surrogate == "auto" and record is not None:
+            sur, sur_label = _surrogate_for(record, runs, device)
+        elif surrogate not in ("auto", "none"):
+            sur, sur_label = load_model(surrogate, device)[0], surrogate
+        config["surrogate"] = sur_label
+        targets.append((os.path.dirname(path), model, config, sur))
+    for name in zoo:
+        from .zoo import load_zoo_model
+
+        try:
+            model = load_zoo_model(name, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
+                                   device=device)
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(str(error)) from None
+        folder = os.path.join(out, "zoo", f"{dataset}-{threat_model}-{name}")
+        config = {"source": "zoo", "label": name, "train_seed": 0, "dataset": dataset, "threat_model": threat_model}
+        sur, sur_label = (None, None)
+        if surrogate == "auto" and runs:
+            folder0, record0 = runs[0]
+            sur, sur_label = load_model(os.path.join(folder0, MODEL_FILE), device)[0], record0["label"]
+        elif surrogate not in ("auto", "none"):
+            sur, sur_label = load_model(surrogate, device)[0], surrogate
+        config["surrogate"] = sur_label
+        targets.append((folder, model, config, sur))
+    results = []
+    for folder, model, config, sur in targets:
+        print(f"[evaluate] {config['label']} ({config['source']}): {len(images)} {dataset} test images, "
+              f"{len(attacks)} attacks -> {folder}", flush=True)
+        results.append(evaluate_model(model, images, labels, folder, attacks, config, batch_size=batch_size,
+                                      device=device, seed=seed, progress=progress, data_dir=data_dir,
+                                      cache_dir=cache_dir, surrogate=sur))
+    return results
+
+
+def cmd_compare(out, report_dir=None, title=None):
+    from .report import write_reports
+
+    rows, text = write_reports(out, report_dir, title or f"Comparison ({out})")
+    if not rows:
+        raise UsageError(f"no evaluations under {out}: run `part-bench evaluate --out {out}` first")
+    print(text)
+    print(f"[compare] wrote comparison.md, comparison.json and comparison.csv to {report_dir or os.path.join(out, 'report')}")
+    return rows
+
+
+def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
+    """Trade-off scatter, CAM grid of the first two labels (AT vs PART), eps_low sweep when run, CIFAR-10-C grid."""
+    from . import figures
+    from .demo import resolve_device
+    from .report import aggregate, collect
+
+    report_dir = report_dir or os.path.join(out, "report")
+    rows = aggregate(collect(out))
+    written = []
+    if rows:
+        written.append(figures.tradeoff_scatter(os.path.join(report_dir, "tradeoff.png"), rows))
+        sweep = [r for r in rows if r["spec"] and r["kind"] == "ours"]
+        if len({r["spec"]["eps_low"] for r in sweep if r["spec"]["method"] == "part"}) > 1:
+            written.append(figures.eps_low_sweep(os.path.join(report_dir, "eps_low_sweep.png"), sweep))
+    runs = trained_runs(out)
+    firsts = list({record["label"]: (folder, record) for folder, record in reversed(runs)}.items())[::-1]
+    if runs:
+        device = resolve_device(device)
+        dataset = runs[0][1]["settings"]["dataset"]
+        images, labels = load_split(dataset, data_dir, train=False, n=n_images)
+        models = [(label, load_model(os.path.join(folder, MODEL_FILE), device)[0]) for label, (folder, _) in firsts]
+        written.append(figures.cam_comparison_grid(os.path.join(report_dir, "cams.png"), models, images.to(device),
+                                                   labels.to(device)))
+    if runs and runs[0][1]["settings"]["dataset"] == "cifar10":
+        from .corruptions import corruption_grid
+
+        clean, _ = load_split("cifar10", data_dir, train=False, n=1)
+        path = os.path.join(report_dir, "cifar10c.png")
+        corruption_grid(path, (clean.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
+        written.append(path)
+    for path in written:
+        print(f"[figures] wrote {path}", flush=True)
+    return written

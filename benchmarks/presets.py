@@ -1,0 +1,158 @@
+"""Presets: how much to run (``smoke`` on a CPU, ``paper`` on a GPU) and what to run (the paper's experiments).
+
+A **preset** fixes the scale and the training recipe of every run: data subset, model, epochs, learning rate,
+evaluation subset and attack suite. ``paper`` is section 4.1 and appendix G of the paper, per dataset:
+
+=============  ===========  ===  =====  ======  =====  ============  =======
+dataset        model        lr   batch  wd      alpha  augmentation  epochs
+=============  ===========  ===  =====  ======  =====  ============  =======
+cifar10        ResNet-18    .01  128    2e-4    2/255  crop + flip   80 (burn-in 20, lr / 10 at 60)
+svhn           ResNet-18    .01  128    3.5e-3  1/255  none          80
+tiny-imagenet  WRN-34-10    .02  512    5e-4    2/255  crop + flip   80
+=============  ===========  ===  =====  ======  =====  ============  =======
+
+``smoke`` keeps the recipe's shape at CPU scale: a tiny CNN, 5000 training and 500 test images, 10 epochs with a
+burn-in of 4; it shows the whole pipeline working in minutes, not the paper's numbers.
+
+An **experiment** is a list of runs (:class:`RunSpec`): ``main`` (AT vs PART, the README's smoke run), ``table1``
+(the nine rows of Table 1), ``eps-low-sweep`` (Figure 4), ``quadrant`` (Figure 1), ``cam-methods`` (Table 6),
+``generators`` (Table 5: PGD vs MMA as the example generator) and ``mask-rules`` (paper rule vs the released code's
+colour-band rule vs a random mask of the same size, which the published code cannot run).
+"""
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from torchattacks_part.budget import QUARTERS
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    """The paper's training recipe of one dataset."""
+
+    model: str
+    lr: float
+    batch_size: int
+    weight_decay: float
+    alpha: float
+    augment: bool
+    num_classes: int
+    image_size: int
+
+
+RECIPES = {
+    "cifar10": DatasetRecipe("resnet18", 0.01, 128, 2e-4, 2 / 255, True, 10, 32),
+    "svhn": DatasetRecipe("resnet18", 0.01, 128, 3.5e-3, 1 / 255, False, 10, 32),
+    "tiny-imagenet": DatasetRecipe("wrn-34-10", 0.02, 512, 5e-4, 2 / 255, True, 200, 64),
+}
+DATASETS = tuple(RECIPES)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Scale of a run. ``None`` fields take the dataset's :data:`RECIPES` value."""
+
+    name: str
+    epochs: int
+    burn_in: int
+    n_train: int | None  # None: the whole training split
+    n_test: int  # evaluation images: the first n of the test split
+    suite: str  # attack suite, see benchmarks.evaluate.SUITES
+    model: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    eval_batch_size: int = 500
+    device: str = "auto"
+    seeds: tuple = (0,)
+
+
+PRESETS = {
+    "smoke": Preset("smoke", epochs=10, burn_in=4, n_train=5000, n_test=500, suite="smoke", model="tiny", lr=0.05,
+                    eval_batch_size=250, device="cpu"),
+    "paper": Preset("paper", epochs=80, burn_in=20, n_train=None, n_test=10000, suite="paper", seeds=(0, 1, 2)),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an experiment; ``label`` is its row in the tables (seeds are averaged under it)."""
+
+    label: str
+    method: str
+    mask_refresh: int = 1
+    eps: float = 8 / 255
+    eps_low: float = 7 / 255
+    cam: str = "gradcam"
+    rule: str = "cam"
+    example_generator: str = "pgd"
+    low_quarter: str | None = None  # Figure 1: this quarter at eps_low, no CAM
+    burn_in: int | None = None  # None: the preset's
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def slug(self):
+        """A folder name: lower case, digits, dashes."""
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+    def settings(self):
+        return dataclasses.asdict(self)
+
+
+def _table1():
+    runs = []
+    for plain, part in (("at", "part"), ("trades", "part-t"), ("mart", "part-m")):
+        runs.append(RunSpec(plain.upper(), plain))
+        for s in (1, 10):
+            runs.append(RunSpec(f"{part.upper()} (s={s})", part, mask_refresh=s))
+    return runs
+
+
+def _eps_low_sweep():
+    runs = []
+    for eps, lows in ((12, (11, 10, 9, 8)), (8, (7, 6, 5, 4))):
+        runs.append(RunSpec(f"AT eps={eps}/255", "at", eps=eps / 255, eps_low=eps / 255))
+        runs += [RunSpec(f"PART eps={eps}/255 eps_low={low}/255", "part", eps=eps / 255, eps_low=low / 255)
+                 for low in lows]
+    return runs
+
+
+def _quadrant():
+    # Figure 1: plain AT from the first epoch, one quarter of every image at 6/255 and the rest at 12/255.
+    return [RunSpec(f"AT {q} at 6/255", "part", eps=12 / 255, eps_low=6 / 255, low_quarter=q, burn_in=0)
+            for q in QUARTERS]
+
+
+EXPERIMENTS = {
+    "main": lambda: [RunSpec("AT", "at"), RunSpec("PART (s=1)", "part")],
+    "table1": _table1,
+    "eps-low-sweep": _eps_low_sweep,
+    "quadrant": _quadrant,
+    "cam-methods": lambda: [RunSpec(f"PART {c}", "part", cam=c) for c in ("gradcam", "xgradcam", "layercam")],
+    "generators": lambda: [RunSpec(f"{m.upper()} {g.upper()}", m, example_generator=g)
+                           for g in ("pgd", "mma") for m in ("at", "part")],
+    "mask-rules": lambda: [RunSpec("AT", "at"), RunSpec("PART rule=cam (paper)", "part"),
+                           RunSpec("PART rule=jet (released code)", "part", rule="jet"),
+                           RunSpec("PART rule=random (same size)", "part", rule="random")],
+}
+
+
+def experiment_runs(name):
+    """The :class:`RunSpec` list of an experiment."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    return EXPERIMENTS[name]()
+
+
+def resolve(preset, dataset):
+    """The effective training settings of ``preset`` on ``dataset``: a dict."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if dataset not in RECIPES:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    p, r = PRESETS[preset], RECIPES[dataset]
+    return dict(preset=p.name, dataset=dataset, model=p.model or r.model, lr=p.lr or r.lr,
+                batch_size=p.batch_size or r.batch_size, weight_decay=r.weight_decay, alpha=r.alpha,
+                augment=r.augment, num_classes=r.num_classes, epochs=p.epochs, burn_in=p.burn_in,
+                n_train=p.n_train, n_test=p.n_test, suite=p.suite, eval_batch_size=p.eval_batch_size,
+                device=p.device, seeds=list(p.seeds))
