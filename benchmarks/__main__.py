@@ -110,7 +110,10 @@ def _add_train_options(parser):
                              "(paper rule vs released colour bands vs random mask) (default main)")
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
                         help="training seeds (default: the preset's: smoke 0; paper 0 1 2)")
-    parser.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="override the preset's epochs (the burn-in is cut to epochs - 1 when longer)")
+    parser.add_argument("--n-train", type=positive_int, default=None,
+                        help="override the preset's training subset: the first N training images")
 
 
 def _add_evaluate_options(parser):
@@ -142,7 +145,7 @@ def cmd_train(args):
     from .pipeline import cmd_train as train, default_out
 
     train(args.preset, args.experiment, args.dataset, args.seeds, args.out or default_out(args.preset),
-          args.data_dir, args.device, epochs=args.epochs, progress=not args.no_progress)
+          args.data_dir, args.device, epochs=args.epochs, n_train=args.n_train, progress=not args.no_progress)
     return 0
 
 
@@ -223,7 +226,7 @@ def cmd_run(args):
     out = args.out or default_out(args.preset)
     progress = not args.no_progress
     cmd_train(args.preset, args.experiment, args.dataset, args.seeds, out, args.data_dir, args.device,
-              epochs=args.epochs, progress=progress)
+              epochs=args.epochs, n_train=args.n_train, progress=progress)
     try:
         cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
                      batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,

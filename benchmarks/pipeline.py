@@ -18,13 +18,15 @@ def default_out(preset):
     return os.path.join("results", preset)
 
 
-def cmd_train(preset, experiment, dataset, seeds, out, data_dir, device, epochs=None, progress=True):
+def cmd_train(preset, experiment, dataset, seeds, out, data_dir, device, epochs=None, n_train=None, progress=True):
     from .demo import resolve_device
 
     settings = resolve(preset, dataset)
     if epochs is not None:
         settings["epochs"] = epochs
         settings["burn_in"] = min(settings["burn_in"], max(0, epochs - 1))
+    if n_train is not None:
+        settings["n_train"] = n_train
     runs = experiment_runs(experiment)
     seeds = list(seeds) if seeds else settings["seeds"]
     device = resolve_device(settings["device"] if device == "auto" else device)
