@@ -1,0 +1,129 @@
+"""The command line end to end on a tiny smoke run: train AT and PART, evaluate, compare, draw; then resume."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.train import load_model
+
+ATTACKS = ["natural", "pgd-3", "aa", "trust", "cifar10c-1"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    args = ["run", "--data-dir", data_dir, "--out", str(out), "--epochs", "2", "--n-train", "256", "--n", "24",
+            "--batch-size", "12", "--attacks", *ATTACKS, "--no-progress"]
+    return out, args
+
+
+def test_run_trains_evaluates_compares_and_draws(smoke_run, capsys):
+    out, args = smoke_run
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    runs = sorted(os.listdir(out / "runs"))
+    assert runs == ["cifar10-tiny-at-seed0", "cifar10-tiny-part-s-1-seed0"]
+    for name in runs:
+        folder = out / "runs" / name
+        model, record = load_model(str(folder / "model.pt"))
+        assert record["arch"] == "tiny" and record["num_classes"] == 10
+        log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert [e["epoch"] for e in log] == [1, 2]
+        stored = json.loads((folder / "eval.json").read_text())
+        assert set(ATTACKS) <= set(stored["results"]) and stored["partial"] == {}
+        assert stored["config"]["n"] == 24
+        assert stored["results"]["aa"]["accuracy"] <= stored["results"]["natural"]["accuracy"]
+        assert len(stored["results"]["cifar10c-1"]["per_corruption"]) == 19
+        checks = {c["check"] for c in stored["results"]["trust"]["checks"]}
+        assert checks == {"one_step", "transfer", "unbounded", "random_sampling", "increasing_eps"}
+    part_log = [json.loads(line) for line in (out / "runs" / runs[1] / "log.jsonl").read_text().splitlines()]
+    assert [e["phase"] for e in part_log] == ["burn-in", "part"]  # the burn-in is cut to epochs - 1
+    # each model is the other's surrogate for the transfer check
+    at_eval = json.loads((out / "runs" / runs[0] / "eval.json").read_text())
+    assert at_eval["config"]["surrogate"] == "PART (s=1)"
+    for name in ("comparison.md", "comparison.json", "comparison.csv", "tradeoff.png", "cams.png", "cifar10c.png"):
+        assert (out / "report" / name).stat().st_size > 0, name
+    table = (out / "report" / "comparison.md").read_text()
+    assert table in printed  # the comparison is printed as written
+    assert "| AT | 1 |" in table and "| PART (s=1) | 1 |" in table
+
+
+def test_run_again_redoes_nothing(smoke_run, capsys, monkeypatch):
+    out, args = smoke_run
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.pt")}
+    import benchmarks.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "build_attack", lambda *a: pytest.fail("an attack was run again"))
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": done (") == 2
+    assert printed.count("(saved)") == 2 * len(ATTACKS)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.pt")} == before
+
+
+def test_evaluate_a_checkpoint_by_path(smoke_run, data_dir, tmp_path):
+    out, _ = smoke_run
+    checkpoint = out / "runs" / "cifar10-tiny-at-seed0" / "model.pt"
+    copy = tmp_path / "mine" / "model.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(checkpoint.read_bytes())
+    assert main(["evaluate", "--data-dir", data_dir, "--out", str(tmp_path), "--checkpoint", str(copy), "--n", "16",
+                 "--attacks", "natural", "--no-progress", "--surrogate", "none"]) == 0
+    result = json.loads((copy.parent / "eval.json").read_text())["results"]["natural"]
+    model, _ = load_model(str(copy))
+    from benchmarks.data import load_cifar10
+
+    x, y = load_cifar10(data_dir, n=16, download=False)
+    with torch.no_grad():
+        assert result["correct"] == int((model(x).argmax(1) == y).sum())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--out", "{tmp}", "--attacks", "natural"], "no trained runs"),
+    (["evaluate", "--out", "{tmp}", "--attacks", "pgd"], "attacks"),
+    (["compare", "--out", "{tmp}"], "no evaluations"),
+    (["train", "--out", "{tmp}", "--device", "cuda"], "cuda"),
+])
+def test_usage_errors_exit_2_with_one_line(argv, message, data_dir, tmp_path, capsys, monkeypatch):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] != "compare":
+        argv += ["--data-dir", data_dir]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same error on a machine with a GPU
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_evaluate_a_zoo_model_beside_ours(smoke_run, data_dir, tmp_path, capsys, monkeypatch):
+    """A RobustBench model by name, read offline from the model folder, lands in the same comparison table."""
+    out, _ = smoke_run
+    from benchmarks.robustbench_compat import import_robustbench
+
+    import_robustbench()
+    import robustbench.utils
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.models import model_dicts
+
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", lambda *a, **k: pytest.fail("download"))
+    torch.manual_seed(0)
+    zoo_model = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]["Wong2020Fast"]["model"]().eval()
+    path = tmp_path / "models" / "cifar10" / "Linf" / "Wong2020Fast.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(zoo_model.state_dict(), path)
+    assert main(["evaluate", "--data-dir", data_dir, "--out", str(out), "--zoo", "Wong2020Fast",
+                 "--model-dir", str(tmp_path / "models"), "--n", "8", "--attacks", "natural", "pgd-2",
+                 "--no-progress"]) == 0
+    stored = json.loads((out / "zoo" / "cifar10-Linf-Wong2020Fast" / "eval.json").read_text())
+    from benchmarks.data import load_cifar10
+
+    x, y = load_cifar10(data_dir, n=8, download=False)
+    with torch.no_grad():
+        assert stored["results"]["natural"]["correct"] == int((zoo_model(x).argmax(1) == y).sum())
+    capsys.readouterr()
+    assert main(["compare", "--out", str(out)]) == 0
+    assert "| Wong2020Fast (RobustBench) | 1 |" in capsys.readouterr().out
