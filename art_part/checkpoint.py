@@ -17,6 +17,9 @@ def atomic_write(path, write, binary=True):
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file, not for the result
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -65,12 +65,13 @@ import functools
 import io
 import json
 import os
-import tempfile
 
 import cv2
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from art_part.checkpoint import atomic_write, atomic_write_text
 
 #: The 19 corruptions in the order of the PART paper's Table 4, with RobustBench's (and the official files') names.
 CORRUPTIONS = (
@@ -636,27 +637,8 @@ def _to_uint8_nhwc(images):
     return np.rint(array.astype(np.float64) * 255).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
 
 
-def _atomic_write(path, write, mode="wb"):
-    """Call ``write(file)`` on a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``: a killed
-    run never leaves half a file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary, not for the data set
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _save_npy(path, array):
-    _atomic_write(path, lambda f: np.save(f, array))
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _npy_shape(path):
@@ -736,7 +718,7 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
             "note": "regenerated CIFAR-10-C, not the official files; see benchmarks/corruptions.py for the "
                     "differences",
         }, indent=2) + "\n"
-        _atomic_write(manifest_path, lambda f: f.write(text), mode="w")
+        atomic_write_text(text, manifest_path)
 
     write_manifest()
     expected = ((len(SEVERITIES) * n, SIZE, SIZE, 3), np.dtype(np.uint8))

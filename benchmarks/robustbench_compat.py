@@ -20,9 +20,10 @@ def import_robustbench():
         sys.modules["autoattack"] = pyautoattack
         sys.modules["autoattack.state"] = pyautoattack.state
     with warnings.catch_warnings():
-        # robustbench imports pkg_resources (deprecated) and torch.jit.interface; neither is ours to fix.
+        # robustbench imports pkg_resources (deprecated), torch.jit.interface and timm.models.helpers: none is ours.
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # timm, imported by robustbench
         robustbench = importlib.import_module("robustbench")
         importlib.import_module("robustbench.data")
         importlib.import_module("robustbench.utils")
