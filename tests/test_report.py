@@ -119,3 +119,24 @@ def test_experiments_are_the_papers():
                 lambda: resolve("smoke", "mnist")):
         with pytest.raises(ValueError, match="experiment|preset|dataset"):
             bad()
+
+
+def test_figures_from_saved_evaluations_include_the_eps_low_sweep(tmp_path, data_dir):
+    """Figure 4 is drawn when PART runs with several eps_low were evaluated; AT is its dashed reference."""
+    import matplotlib.image
+
+    from benchmarks.pipeline import cmd_figures
+
+    for order, (method, eps, low, nat, pgd) in enumerate([("at", 8, 8, 0.80, 0.45), ("part", 8, 7, 0.81, 0.45),
+                                                          ("part", 8, 5, 0.83, 0.44), ("at", 12, 12, 0.70, 0.50),
+                                                          ("part", 12, 10, 0.73, 0.50)]):
+        folder = tmp_path / "runs" / f"r{order}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"config": {"label": f"{method} {eps} {low}", "train_seed": 0},
+                                                      "results": {"natural": acc(nat), "pgd-20": acc(pgd)}}))
+        (folder / "run.json").write_text(json.dumps({"order": order, "spec": {"method": method, "eps": eps / 255,
+                                                                               "eps_low": low / 255}}))
+    written = cmd_figures(str(tmp_path), data_dir)
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["tradeoff.png", "eps_low_sweep.png"]
+    sweep = matplotlib.image.imread(written[1])
+    assert sweep.ndim == 3 and sweep.shape[1] > sweep.shape[0]  # two panels side by side: eps 12/255 and 8/255
