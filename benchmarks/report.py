@@ -85,14 +85,23 @@ def aggregate(models):
     return out
 
 
-def _columns(rows):
-    """Attack columns in the suite's order (natural, PGD-20, MMA, AA first, as Table 1)."""
-    from .evaluate import SUITES
+_KINDS = ("natural", "pgd", "mma", "aa", "adaptive-pgd", "adaptive-mma", "cifar10c", "trust")
 
-    order = list(dict.fromkeys(SUITES["paper"] + SUITES["smoke"]))
-    names = {name for row in rows for name in row["values"]}
-    known = [n for n in order if n in names]
-    return known + sorted(names - set(known))
+
+def _column_key(name):
+    """Table 1's columns first (natural, PGD-20, MMA-20, AA), then by attack kind and number of steps."""
+    table1 = ("natural", "pgd-20", "mma-20", "aa")
+    if name in table1:
+        return (0, table1.index(name), 0)
+    kind, _, number = name.rpartition("-")
+    if not number.isdigit():
+        kind, number = name, "0"
+    return (1, _KINDS.index(kind) if kind in _KINDS else len(_KINDS), int(number))
+
+
+def _columns(rows):
+    """Attack columns, in :func:`_column_key` order."""
+    return sorted({name for row in rows for name in row["values"]}, key=_column_key)
 
 
 def _pct(entry):

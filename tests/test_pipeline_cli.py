@@ -127,3 +127,21 @@ def test_evaluate_a_zoo_model_beside_ours(smoke_run, data_dir, tmp_path, capsys,
     capsys.readouterr()
     assert main(["compare", "--out", str(out)]) == 0
     assert "| Wong2020Fast (RobustBench) | 1 |" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_on_the_tiny_imagenet_sample(data_dir, tmp_path):
+    """TinyImageNet-200 in its original layout (the real sample: 5 train images a class, 500 val images)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "tiny-imagenet-200").symlink_to(os.path.join(data_dir, "tiny-imagenet-200-sample"))
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", "tiny-imagenet", "--data-dir", str(root), "--out", str(out), "--epochs", "1",
+                 "--n-train", "64", "--no-progress"]) == 0
+    folder = out / "runs" / "tiny-imagenet-tiny-at-seed0"
+    settings = json.loads((folder / "run.json").read_text())["settings"]
+    assert (settings["num_classes"], settings["lr"], settings["augment"]) == (200, 0.05, True)
+    model, _ = load_model(str(folder / "model.pt"))
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 200)
+    assert main(["evaluate", "--dataset", "tiny-imagenet", "--data-dir", str(root), "--out", str(out), "--n", "10",
+                 "--attacks", "natural", "--no-progress"]) == 0
+    assert json.loads((folder / "eval.json").read_text())["results"]["natural"]["n"] == 10
