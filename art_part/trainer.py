@@ -78,8 +78,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
 
     def __init__(self, classifier, method="part", eps=8 / 255, eps_low=7 / 255, alpha=2 / 255, steps=10,
                  random_start=True, beta=6.0, burn_in=20, mask_refresh=1, cam="gradcam", target_layer=None,
-                 rule="cam", fixed_mask=None, example_generator="pgd", mma_k=3, augment=True, schedule="paper", checkpoint_dir=None,
-                 track_natural=True, amp=False, channels_last=False, seed=0, verbose=True):
+                 rule="cam", fixed_mask=None, example_generator="pgd", mma_k=3, augment=True, schedule="paper",
+                 checkpoint_dir=None, track_natural=True, amp=False, channels_last=False, seed=0, verbose=True):
         check_choice("method", method, METHODS)
         check_choice("example_generator", example_generator, EXAMPLE_GENERATORS)
         eps, eps_low, alpha = check_budget_params(eps, eps_low, alpha)

@@ -120,7 +120,8 @@ def _add_evaluate_options(parser):
     from .evaluate import ATTACK_HELP, SUITES
 
     parser.add_argument("--attacks", nargs="+", default=None,
-                        help=f"attacks to run instead of the preset's suite ({', '.join(f'{k}: ' + ' '.join(v) for k, v in SUITES.items() if k != 'table1')}); names: {ATTACK_HELP}")
+                        help=f"attacks to run instead of the preset's suite (smoke: {' '.join(SUITES['smoke'])}; "
+                             f"paper: {' '.join(SUITES['paper'])}); names: {ATTACK_HELP}")
     parser.add_argument("--n", type=positive_int, default=None,
                         help="evaluate the first N test images (default: the preset's: smoke 500; paper 10000)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="evaluation batch size")

@@ -52,7 +52,8 @@ SUITES = {
               "cifar10c-1", "trust"),
 }
 
-_PATTERN = re.compile(r"^(natural|aa|trust|pgd-(\d+)|mma-(\d+)|adaptive-pgd-(\d+)|adaptive-mma-(\d+)|cifar10c-([1-5]))$")
+_PATTERN = re.compile(
+    r"^(natural|aa|trust|pgd-(\d+)|mma-(\d+)|adaptive-pgd-(\d+)|adaptive-mma-(\d+)|cifar10c-([1-5]))$")
 ATTACK_HELP = "natural, pgd-K, mma-K, aa, adaptive-pgd-K, adaptive-mma-K, cifar10c-S (S in 1..5), trust"
 
 

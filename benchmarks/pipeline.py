@@ -132,7 +132,8 @@ def cmd_compare(out, report_dir=None, title=None):
     if not rows:
         raise UsageError(f"no evaluations under {out}: run `part-bench evaluate --out {out}` first")
     print(text)
-    print(f"[compare] wrote comparison.md, comparison.json and comparison.csv to {report_dir or os.path.join(out, 'report')}")
+    where = report_dir or os.path.join(out, "report")
+    print(f"[compare] wrote comparison.md, comparison.json and comparison.csv to {where}")
     return rows
 
 
