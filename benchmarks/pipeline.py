@@ -46,14 +46,22 @@ def trained_runs(out):
     return found
 
 
-def _surrogate_for(record, runs, device):
-    """The paper's transfer check uses an AT model as the surrogate of PART: the first other run, AT first."""
-    others = [(f, r) for f, r in runs if r["label"] != record["label"]
-              and r["settings"]["dataset"] == record["settings"]["dataset"]]
+def _surrogate(choice, record, runs, dataset, device):
+    """(model, label) for the trust checks' transfer attack, or (None, None).
+
+    ``choice`` "auto": the paper's transfer check used an AT model as the surrogate of PART, so another trained run
+    of the same dataset, AT first (``record`` is the evaluated run's, None for a zoo model or a loose checkpoint);
+    "none"; or the path of a model.pt.
+    """
+    if choice == "none":
+        return None, None
+    if choice != "auto":
+        return load_model(choice, device)[0], choice
+    others = [(f, r) for f, r in runs if r["settings"]["dataset"] == dataset
+              and (record is None or r["label"] != record["label"])]
     if not others:
         return None, None
-    others.sort(key=lambda item: item[1]["spec"]["method"] != "at")
-    folder, other = others[0]
+    folder, other = sorted(others, key=lambda item: item[1]["spec"]["method"] != "at")[0]
     return load_model(os.path.join(folder, MODEL_FILE), device)[0], other["label"]
 
 
@@ -74,28 +82,25 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
     images, labels = load_split(dataset, data_dir, train=False, n=n)
     if "cifar10c" in " ".join(attacks) and dataset != "cifar10":
         raise UsageError("cifar10c-S attacks need --dataset cifar10")
-    targets = []  # (folder, model, config, surrogate model, surrogate label)
+    if surrogate not in ("auto", "none") and not os.path.exists(surrogate):
+        raise UsageError(f"--surrogate {surrogate}: no such file (auto, none or a model.pt path)")
     runs = trained_runs(out)
     if not checkpoints and not zoo:
-        if not runs:
-            raise UsageError(f"no trained runs under {os.path.join(out, 'runs')}: run `part-bench train --preset "
-                             f"{preset} --out {out}` first, or pass --checkpoint / --zoo")
-        checkpoints = [os.path.join(folder, MODEL_FILE) for folder, _ in runs
-                       if _.get("settings", {}).get("dataset") == dataset]
-    records = {os.path.abspath(os.path.join(f, MODEL_FILE)): r for f, r in runs}
+        checkpoints = [os.path.join(folder, MODEL_FILE) for folder, record in runs
+                       if record["settings"]["dataset"] == dataset]
+        if not checkpoints:
+            raise UsageError(f"no trained {dataset} runs under {os.path.join(out, 'runs')}: run `part-bench train "
+                             f"--preset {preset} --out {out}` first, or pass --checkpoint / --zoo")
     for path in checkpoints:
         if not os.path.exists(path):
             raise UsageError(f"--checkpoint {path}: no such file")
+    records = {os.path.abspath(os.path.join(f, MODEL_FILE)): r for f, r in runs}
+    targets = []  # (folder, model, config, surrogate model)
+    for path in checkpoints:
         model, saved = load_model(path, device)
-        record = records.get(os.path.abspath(path))
         config = {"source": "ours", "label": saved.get("label", os.path.basename(os.path.dirname(path))),
                   "train_seed": saved.get("seed", 0), "dataset": dataset}
-        sur, sur_label = (None, None)
-        if surrogate == "auto" and record is not None:
-            sur, sur_label = _surrogate_for(record, runs, device)
-        elif surrogate not in ("auto", "none"):
-            sur, sur_label = load_model(surrogate, device)[0], surrogate
-        config["surrogate"] = sur_label
+        sur, config["surrogate"] = _surrogate(surrogate, records.get(os.path.abspath(path)), runs, dataset, device)
         targets.append((os.path.dirname(path), model, config, sur))
     for name in zoo:
         from .zoo import load_zoo_model
@@ -105,16 +110,9 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
                                    device=device)
         except (ValueError, FileNotFoundError) as error:
             raise UsageError(str(error)) from None
-        folder = os.path.join(out, "zoo", f"{dataset}-{threat_model}-{name}")
         config = {"source": "zoo", "label": name, "train_seed": 0, "dataset": dataset, "threat_model": threat_model}
-        sur, sur_label = (None, None)
-        if surrogate == "auto" and runs:
-            folder0, record0 = runs[0]
-            sur, sur_label = load_model(os.path.join(folder0, MODEL_FILE), device)[0], record0["label"]
-        elif surrogate not in ("auto", "none"):
-            sur, sur_label = load_model(surrogate, device)[0], surrogate
-        config["surrogate"] = sur_label
-        targets.append((folder, model, config, sur))
+        sur, config["surrogate"] = _surrogate(surrogate, None, runs, dataset, device)
+        targets.append((os.path.join(out, "zoo", f"{dataset}-{threat_model}-{name}"), model, config, sur))
     results = []
     for folder, model, config, sur in targets:
         print(f"[evaluate] {config['label']} ({config['source']}): {len(images)} {dataset} test images, "

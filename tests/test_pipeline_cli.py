@@ -82,7 +82,7 @@ def test_evaluate_a_checkpoint_by_path(smoke_run, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["evaluate", "--out", "{tmp}", "--attacks", "natural"], "no trained runs"),
+    (["evaluate", "--out", "{tmp}", "--attacks", "natural"], "no trained cifar10 runs"),
     (["evaluate", "--out", "{tmp}", "--attacks", "pgd"], "attacks"),
     (["compare", "--out", "{tmp}"], "no evaluations"),
     (["train", "--out", "{tmp}", "--device", "cuda"], "cuda"),
