@@ -169,13 +169,10 @@ def add_evaluate_parser(subparsers):
 def cmd_evaluate(args):
     from .pipeline import cmd_evaluate as evaluate, default_out
 
-    try:
-        evaluate(args.preset, args.out or default_out(args.preset), args.data_dir, args.device, attacks=args.attacks,
-                 n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
-                 model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
-                 surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    evaluate(args.preset, args.out or default_out(args.preset), args.data_dir, args.device, attacks=args.attacks,
+             n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
+             model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
+             surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir)
     return 0
 
 
@@ -222,18 +219,16 @@ def add_run_parser(subparsers):
 
 
 def cmd_run(args):
-    from .pipeline import cmd_compare, cmd_evaluate, cmd_figures, cmd_train, default_out
+    from .pipeline import cmd_compare, cmd_evaluate, cmd_figures, cmd_train, default_out, suite_attacks
 
     out = args.out or default_out(args.preset)
     progress = not args.no_progress
+    suite_attacks(args.preset, args.dataset, args.attacks)  # a typo in --attacks fails now, not after training
     cmd_train(args.preset, args.experiment, args.dataset, args.seeds, out, args.data_dir, args.device,
               epochs=args.epochs, n_train=args.n_train, progress=progress)
-    try:
-        cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
-                     batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
-                     progress=progress, cache_dir=args.cache_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
+                 batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
+                 progress=progress, cache_dir=args.cache_dir)
     cmd_compare(out)
     cmd_figures(out, args.data_dir)
     return 0

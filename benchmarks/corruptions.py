@@ -631,7 +631,7 @@ def corrupt(images, corruption, severity, seed=0):
     return np.clip(out, 0, 255).astype(np.uint8)  # np.uint8(x) of the official script: truncation
 
 
-def _to_uint8_nhwc(images):
+def to_uint8_nhwc(images):
     """Float (N, 3, H, W) in [0, 1] (tensor or array) -> uint8 (N, H, W, 3), exactly round(x * 255)."""
     array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     return np.rint(array.astype(np.float64) * 255).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
@@ -703,7 +703,7 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
     images, labels = load_cifar10(data_dir, train=False, n=n, download=False)
     if len(images) != n:
         raise ValueError(f"n={n} but the CIFAR-10 test set in {data_dir} has only {len(images)} images")
-    images = _to_uint8_nhwc(images)
+    images = to_uint8_nhwc(images)
     os.makedirs(folder, exist_ok=True)
     labels_path = os.path.join(folder, "labels.npy")
     all_labels = np.tile(labels.numpy().astype(np.uint8), len(SEVERITIES))  # uint8, as the official labels.npy

@@ -21,6 +21,7 @@ import torch
 from art_part.checkpoint import atomic_write_text
 
 from . import UsageError
+from .train import load_split
 
 DEFAULT_N = 128
 DEFAULT_BATCH_SIZE = 128
@@ -62,17 +63,6 @@ def load_average():
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def load_images(data_dir, n):
-    """The first ``n`` CIFAR-10 test images; a missing data set (while offline) becomes a one-line UsageError."""
-    from .data import load_cifar10
-
-    try:
-        images, labels = load_cifar10(data_dir, train=False, n=n, download=True)
-    except FileNotFoundError as error:
-        raise UsageError(" ".join(str(error).split())) from None
-    return images, labels
 
 
 def attack_specs(model, steps):
@@ -266,7 +256,7 @@ def run_demo(data_dir, n=DEFAULT_N, batch_size=DEFAULT_BATCH_SIZE, out=DEFAULT_O
     began = time.perf_counter()
     load_at_start = load_average()
     device = resolve_device(device)
-    images, labels = load_images(data_dir, n)
+    images, labels = load_split("cifar10", data_dir, train=False, n=n)
     n = len(images)  # fewer when n exceeds the test set
     model = pretrained_resnet18(device)
 

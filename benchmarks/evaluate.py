@@ -156,8 +156,10 @@ def _batches(n, batch_size):
     return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def accuracy_under(name, attack, model, images, labels, store, batch_size, device, seed, progress, key=None):
-    """Accuracy of ``model`` on ``attack(images)``, resuming from and saving to ``store`` under ``key``."""
+def accuracy_under(name, attack, model, images, labels, store, batch_size, device, seed, progress, key=None,
+                   label=None):
+    """Accuracy of ``model`` on ``attack(images)``, resuming from and saving to ``store`` under ``key`` (default
+    ``name``), with ``label`` (default the attack's) as its title."""
     from tqdm.auto import tqdm
 
     key = key or name
@@ -172,16 +174,14 @@ def accuracy_under(name, attack, model, images, labels, store, batch_size, devic
         torch.manual_seed(_seed(seed, key, index))
         adv = attack(x, y)
         with torch.no_grad():
-            correct = int((model(adv).argmax(dim=1) == y).sum())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            correct = int((model(adv).argmax(dim=1) == y).sum())  # waits for the device: the timing is complete
         state = {"batches_done": index + 1, "correct": state["correct"] + correct, "seen": stop,
                  "seconds": state["seconds"] + time.perf_counter() - began}
         store.save_partial(key, state)
         bar.update(1)
     bar.close()
     result = {"accuracy": state["correct"] / len(images), "correct": state["correct"], "n": len(images),
-              "seconds": round(state["seconds"], 3), "label": attack_label(name)}
+              "seconds": round(state["seconds"], 3), "label": label or attack_label(name)}
     store.save_result(key, result)
     return result
 
@@ -203,8 +203,7 @@ def evaluate_corruptions(name, model, store, config, batch_size, device, seed, p
         if not store.done(key):
             images, labels = cc.load_cifar10c(folder, corruption, severity, n=n)
             accuracy_under("natural", lambda x, y: x, model, images, labels, store, batch_size, device, seed,
-                           progress, key=key)
-            store.results[key]["label"] = corruption
+                           progress, key=key, label=corruption)
         per[corruption] = store.results[key]["accuracy"]
     result = {"accuracy": sum(per.values()) / len(per), "n": n, "label": attack_label(name),
               "per_corruption": per, "source": folder}

@@ -7,8 +7,6 @@ so any step (or the whole chain) can be killed and started again.
 import json
 import os
 
-import torch
-
 from . import UsageError
 from .presets import experiment_runs, resolve
 from .train import MODEL_FILE, RUN_FILE, load_model, load_split, train_experiment
@@ -65,16 +63,26 @@ def _surrogate(choice, record, runs, dataset, device):
     return load_model(os.path.join(folder, MODEL_FILE), device)[0], other["label"]
 
 
+def suite_attacks(preset, dataset, attacks=None):
+    """``attacks`` checked, or the preset's suite; a bad name is a UsageError (``run`` checks before training)."""
+    from .evaluate import SUITES, check_attacks
+
+    try:
+        return check_attacks(attacks or SUITES[resolve(preset, dataset)["suite"]])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
                  model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
                  cache_dir=None, seed=0):
     """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
     models, each into its own ``eval.json``."""
     from .demo import resolve_device
-    from .evaluate import SUITES, check_attacks, evaluate_model
+    from .evaluate import evaluate_model
 
     settings = resolve(preset, dataset)
-    attacks = check_attacks(attacks or SUITES[settings["suite"]])
+    attacks = suite_attacks(preset, dataset, attacks)
     device = resolve_device(settings["device"] if device == "auto" else device)
     n = n or settings["n_test"]
     batch_size = batch_size or settings["eval_batch_size"]
@@ -136,7 +144,8 @@ def cmd_compare(out, report_dir=None, title=None):
 
 
 def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
-    """Trade-off scatter, CAM grid of the first two labels (AT vs PART), eps_low sweep when run, CIFAR-10-C grid."""
+    """Trade-off scatter, eps_low sweep when run, GradCAM grid of every trained label (first seed) on the same test
+    images, and the CIFAR-10-C grid of the first of them."""
     from . import figures
     from .demo import resolve_device
     from .report import aggregate, collect
@@ -150,21 +159,22 @@ def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
         if len({r["spec"]["eps_low"] for r in sweep if r["spec"]["method"] == "part"}) > 1:
             written.append(figures.eps_low_sweep(os.path.join(report_dir, "eps_low_sweep.png"), sweep))
     runs = trained_runs(out)
-    firsts = list({record["label"]: (folder, record) for folder, record in reversed(runs)}.items())[::-1]
     if runs:
+        firsts = {}  # label -> folder of its first run (runs come in the experiment's order)
+        for folder, record in runs:
+            firsts.setdefault(record["label"], folder)
         device = resolve_device(device)
         dataset = runs[0][1]["settings"]["dataset"]
         images, labels = load_split(dataset, data_dir, train=False, n=n_images)
-        models = [(label, load_model(os.path.join(folder, MODEL_FILE), device)[0]) for label, (folder, _) in firsts]
+        models = [(label, load_model(os.path.join(folder, MODEL_FILE), device)[0]) for label, folder in firsts.items()]
         written.append(figures.cam_comparison_grid(os.path.join(report_dir, "cams.png"), models, images.to(device),
                                                    labels.to(device)))
-    if runs and runs[0][1]["settings"]["dataset"] == "cifar10":
-        from .corruptions import corruption_grid
+        if dataset == "cifar10":
+            from .corruptions import corruption_grid, to_uint8_nhwc
 
-        clean, _ = load_split("cifar10", data_dir, train=False, n=1)
-        path = os.path.join(report_dir, "cifar10c.png")
-        corruption_grid(path, (clean.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
-        written.append(path)
+            path = os.path.join(report_dir, "cifar10c.png")
+            corruption_grid(path, to_uint8_nhwc(images[:1]))
+            written.append(path)
     for path in written:
         print(f"[figures] wrote {path}", flush=True)
     return written

@@ -84,6 +84,7 @@ def test_evaluate_a_checkpoint_by_path(smoke_run, data_dir, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "--out", "{tmp}", "--attacks", "natural"], "no trained cifar10 runs"),
     (["evaluate", "--out", "{tmp}", "--attacks", "pgd"], "attacks"),
+    (["run", "--out", "{tmp}", "--attacks", "natural", "pgd"], "attacks"),
     (["compare", "--out", "{tmp}"], "no evaluations"),
     (["train", "--out", "{tmp}", "--device", "cuda"], "cuda"),
 ])
@@ -97,6 +98,7 @@ def test_usage_errors_exit_2_with_one_line(argv, message, data_dir, tmp_path, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # refused before any training
 
 
 def test_evaluate_a_zoo_model_beside_ours(smoke_run, data_dir, tmp_path, capsys, monkeypatch):
