@@ -16,9 +16,10 @@ the same pixels: the official random draws are not reproducible):
 * Random numbers: numpy ``Generator`` streams seeded from ``(seed, corruption index, severity, draw number)``
   instead of numpy's global state; every draw has the image as its leading axis, so an image's corruption does not
   depend on how many images follow it (``corrupt(x[:k]) == corrupt(x)[:k]``).
-* skimage is not installed: ``skimage.filters.gaussian`` is ``scipy.ndimage.gaussian_filter`` with skimage's
-  defaults (``mode="nearest"``, ``truncate=4``; ``mode="reflect"``, ``truncate=3`` in elastic_transform, as
-  the official call), over rows and columns only (``sigma=(0, s, s, 0)``); ``skimage.color.rgb2hsv``/``hsv2rgb``
+* skimage is not used (imagecorruptions installs it, but nothing here imports it, nor needs its version):
+  ``skimage.filters.gaussian`` is ``scipy.ndimage.gaussian_filter`` with skimage's defaults (``mode="nearest"``,
+  ``truncate=4``; ``mode="reflect"``, ``truncate=3`` in elastic_transform, as the official call), over rows and
+  columns only (``sigma=(0, s, s, 0)``); ``skimage.color.rgb2hsv``/``hsv2rgb``
   (brightness, saturate) are re-implemented in numpy with skimage's formulas; ``skimage.util.random_noise``'s
   salt & pepper (impulse_noise) is re-implemented with its semantics (each channel value is replaced with
   probability ``amount``, by 1 or 0 with equal odds).
@@ -26,15 +27,15 @@ the same pixels: the official random draws are not reproducible):
   re-implemented from ImageMagick's ``MotionBlurImage``: a one-sided line kernel of ``2 * ceil(radius) + 1`` taps
   with half-Gaussian weights ``exp(-i^2 / (2 sigma^2))``, tap ``i`` at the pixel offset
   ``(ceil(i cos(angle) - 0.5), ceil(i sin(angle) - 0.5))``, edge pixels repeated outside the image (ImageMagick's
-  default virtual-pixel method), the result rounded to 8 bits as the PNG round trip does. This is a
+  default virtual-pixel method), the result truncated to 8 bits (the floor of the blur: the official files equal it
+  on 98.4-99.8 % of values, rounding to nearest would be one level too high on about half of them). This is a
   ``cv2.filter2D`` with that line kernel and ``BORDER_REPLICATE``, computed as a sum of shifted copies so that
   every image of the batch gets its own random angle.
-* frost blends a crop of one of five frost *photographs* shipped in the Hendrycks repository (``frost1.png`` ...),
-  which we do not have. We blend a crop of one of five deterministic procedural frost textures (branching ice
-  needles over a frosty haze, bluish white, see :func:`frost_textures`) instead, with the official weights, crop
-  size and texture choice (one of the first five, as the official ``randint(5)``). The textures average about
-  112/255 (CIFAR-10 images about 115/255); how bright the photographs are we cannot check, so frost's strength
-  per severity is only approximately the official one.
+* frost blends a crop of one of the official frost photographs (``frost1.png`` ... ``frost5.jpg``, the official
+  ``randint(5)``; :func:`frost_photographs`) with the official weights, read from the files that the
+  ``imagecorruptions`` package ships (byte-for-byte those of hendrycks/robustness, checked by sha256) and prepared
+  as the official script does (``cv2.imread``, ``cv2.resize`` by 0.2, BGR -> RGB). Only the random draws differ:
+  photograph, then row and column offsets of each image's 32x32 crop, from our streams.
 * glass_blur: the official per-pixel loop ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` does not swap: both sides
   are numpy views, so it copies ``x[h', w']`` into ``x[h, w]`` and leaves ``x[h', w']`` as it is; and
   ``np.random.randint(-1, 1)`` draws offsets in {-1, 0} only. We reproduce that actual behaviour. Since the loop
@@ -62,6 +63,9 @@ corruptions against colorsys, PIL, OpenCV, scipy and the official glass_blur loo
 """
 
 import functools
+import hashlib
+import importlib.resources
+import importlib.util
 import io
 import json
 import os
@@ -82,7 +86,7 @@ CORRUPTIONS = (
 SEVERITIES = (1, 2, 3, 4, 5)
 
 #: Version of this generator, recorded in GENERATED.json; bump it whenever any output could change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: RobustBench's folder name of CIFAR-10-C, and the number of images per severity in the official files.
 CIFAR10C_FOLDER = "CIFAR-10-C"
 CIFAR10C_TEST_SIZE = 10000
@@ -216,7 +220,7 @@ def _bilinear(images, rows, cols, border):
 
 def _motion_blur(images, radius, sigma, angles):
     """ImageMagick's ``MotionBlurImage(radius, sigma, angle)`` on a uint8 batch (N, H, W, C), one angle (degrees)
-    per image; returns the 8-bit result (as floats)."""
+    per image; returns the 8-bit result (as floats): the floor of the blur, as the official files have it."""
     n, h, w = images.shape[:3]
     width = 2 * int(np.ceil(radius)) + 1
     taps = np.arange(width)
@@ -234,7 +238,14 @@ def _motion_blur(images, radius, sigma, angles):
         rows = np.clip(np.arange(h)[None, :] + offset_y[:, i, None], 0, h - 1)
         cols = np.clip(np.arange(w)[None, :] + offset_x[:, i, None], 0, w - 1)
         out += kernel[i] * images[batch, rows[:, :, None], cols[:, None, :]]
-    return np.floor(np.clip(out, 0, 255) + 0.5)
+    # Back to 8 bits by truncation, not rounding: the official files equal the floor of the unrounded blur on
+    # 98.4-99.8 % of values, where rounding to nearest is one level too high on about half of them. The exact blur
+    # of a constant stretch is that constant (the weights sum to 1), but the float sum lands within ~1e-12 of it
+    # on either side (at most 29 taps of values <= 255, weights normalised in float64), and a bare floor would
+    # then take an unchanged pixel one level down at random. So anything within 1e-9 below an integer counts as
+    # that integer: 1e-9 is a thousand times that float noise, and a true blur value falls in that sliver about
+    # once in 10^9 values (1.5e8 values in a whole motion_blur file).
+    return np.floor(np.clip(out, 0, 255) + 1e-9)
 
 
 def _disk(radius, alias_blur=0.1, dtype=np.float32):
@@ -284,49 +295,87 @@ def _plasma_fractal(n, rngs, mapsize=SIZE, wibbledecay=3):
     return maparray / maparray.max(axis=(1, 2), keepdims=True)
 
 
-FROST_TEXTURE_SIZE = 160
+#: The official frost photographs, in make_cifar_c.py's ``filename`` order, with the sha256 of each file. They ship
+#: in the imagecorruptions wheel (PyPI, Apache-2.0, ``imagecorruptions/frost/``), byte-for-byte the files of
+#: hendrycks/robustness; a file with another hash is refused rather than silently giving another frost.
+FROST_PHOTOGRAPHS = (
+    ("frost1.png", "ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755"),
+    ("frost2.png", "fe211a89b336999c207a852ce05818d4545d0b57c5beadd824b4cc9d9a9b6137"),
+    ("frost3.png", "2d0d50b4a9bb213f38b024ef7768731bb83cc08d2f26b5766bbc167cdfa0e504"),
+    ("frost4.jpg", "3f8b91ca1a9fa7167b09e773da53f5ae60d0a1fd88f02a783f6e328a72887f6e"),
+    ("frost5.jpg", "5fc6a19df4a429ba68abdcc8f8a4278d4c9f81c9ccafd2c92ab0c8cf8992ebd2"),
+    ("frost6.jpg", "1f92b2f48408748085b68dd81d816ef239f42cef3029c25d041fcb6760fb4f25"),
+)
+#: The official CIFAR script draws ``np.random.randint(5)``: frost6.jpg is listed but never used.
+FROST_CHOICES = 5
+#: The official ``cv2.resize(frost, (0, 0), fx=0.2, fy=0.2)`` (default interpolation: bilinear).
+FROST_SCALE = 0.2
+FROST_PACKAGE = "imagecorruptions"
+
+
+def _frost_folder():
+    """The ``frost/`` folder of the installed imagecorruptions package (an importlib.resources Traversable).
+
+    The package is located, not imported: its ``__init__`` imports skimage, ``pkg_resources`` and scipy's deprecated
+    ``ndimage.interpolation`` for corruption functions we do not use (they have ImageNet-C parameters); only its
+    data files are needed. Nothing is ever downloaded."""
+    spec = importlib.util.find_spec(FROST_PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError(
+            f"frost blends the official frost photographs, which ship in the {FROST_PACKAGE} package; it is not "
+            f"installed: pip install {FROST_PACKAGE}==1.1.2 (a dependency of this project)")
+    return importlib.resources.files(importlib.util.module_from_spec(spec)) / "frost"
+
+
+def _load_frost_photographs(folder):
+    """Read, check and shrink the six photographs of ``folder``: uint8 RGB arrays, as the official frost prepares
+    them before its crop (``cv2.imread``, ``cv2.resize`` by a fifth, then BGR -> RGB; doing the channel swap before
+    the crop instead of after changes nothing).
+
+    The decoded bytes are the hashed bytes: ``cv2.imdecode`` with ``IMREAD_COLOR`` is ``cv2.imread``'s decoder and
+    flags (colour, alpha dropped, 8 bits)."""
+    photographs = []
+    for name, sha256 in FROST_PHOTOGRAPHS:
+        entry = folder / name
+        if not entry.is_file():
+            raise FileNotFoundError(f"frost photograph {name} is missing from {folder} (expected the six files "
+                                    f"{', '.join(n for n, _ in FROST_PHOTOGRAPHS)}): reinstall {FROST_PACKAGE}")
+        data = entry.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise ValueError(f"frost photograph {name} in {folder} has sha256 {digest}, not the official {sha256}: "
+                             f"not the hendrycks/robustness file; reinstall {FROST_PACKAGE}==1.1.2")
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"frost photograph {name} in {folder} cannot be decoded as a colour image")
+        image = np.ascontiguousarray(cv2.resize(image, (0, 0), fx=FROST_SCALE, fy=FROST_SCALE)[..., ::-1])
+        image.setflags(write=False)
+        photographs.append(image)
+    return tuple(photographs)
 
 
 @functools.lru_cache(maxsize=1)
-def frost_textures():
-    """Five deterministic procedural frost textures, uint8 (5, 160, 160, 3) RGB, standing in for the official
-    frost photographs (which the official script shrinks to a fifth, to about 150-250 pixels a side).
+def frost_photographs():
+    """The six official frost photographs (frost1.png ... frost6.jpg), shrunk as the official frost shrinks them:
+    read-only uint8 RGB arrays of 120x180, 63x112, 63x112, 70x105, 99x132 and 65x97 pixels. Loaded and checked once.
 
-    Each is a frosty haze (smoothed noise) under a few dozen branching ice needles (anti-aliased lines, each with
-    side branches at about +-60 degrees, two levels deep) and fine rime grain, bluish white. They depend on nothing
-    but this code (fixed seeds), like the official photographs.
-    """
-    size = FROST_TEXTURE_SIZE
-    textures = []
-    for k in range(5):
-        rng = np.random.default_rng([0xF2057, k])
-        needles = np.zeros((size, size), dtype=np.uint8)
+    frost2.png and frost3.png differ only in their metadata (same pixels), so the official ``randint(5)`` blends
+    frost2's pixels two times in five."""
+    return _load_frost_photographs(_frost_folder())
 
-        def branch(x, y, angle, length, depth):
-            x2, y2 = x + length * np.cos(angle), y + length * np.sin(angle)
-            shade = int(rng.integers(150, 256))
-            cv2.line(needles, (int(round(x * 16)), int(round(y * 16))), (int(round(x2 * 16)), int(round(y2 * 16))),
-                     shade, thickness=1, lineType=cv2.LINE_AA, shift=4)
-            if depth == 0:
-                return
-            for t in rng.uniform(0.15, 0.9, size=int(rng.integers(2, 5))):
-                bx, by = x + t * (x2 - x), y + t * (y2 - y)
-                for side in (-1, 1):
-                    twist = side * np.deg2rad(60) + rng.normal(0, 0.15)
-                    branch(bx, by, angle + twist, length * (1 - t) * rng.uniform(0.3, 0.6), depth - 1)
 
-        for _ in range(int(rng.integers(25, 40))):
-            branch(rng.uniform(-10, size + 10), rng.uniform(-10, size + 10), rng.uniform(0, 2 * np.pi),
-                   rng.uniform(15, 60), 2)
-        haze = gaussian_filter(rng.random((size, size)), sigma=10, mode="wrap")
-        haze = (haze - haze.min()) / (haze.max() - haze.min())
-        grain = gaussian_filter(rng.random((size, size)), sigma=0.8, mode="wrap")
-        grain = np.clip((grain - np.quantile(grain, 0.7)) * 8, 0, 1)
-        frost = 0.15 + 0.45 * haze + 0.25 * grain + 0.8 * gaussian_filter(needles / 255.0, sigma=0.5)
-        frost = np.clip(frost, 0, 1)
-        tint = np.array([0.82, 0.9, 1.0])
-        textures.append(np.clip(np.rint(frost[..., None] * tint * 255), 0, 255).astype(np.uint8))
-    return np.stack(textures)
+@functools.lru_cache(maxsize=1)
+def _frost_stack():
+    """The photographs frost can pick, zero-padded into one array (so that a batch is cropped by one gather), with
+    the height and width of each: (stack (5, H, W, 3), heights (5,), widths (5,)). Padding is never read."""
+    photographs = frost_photographs()[:FROST_CHOICES]
+    heights = np.array([p.shape[0] for p in photographs])
+    widths = np.array([p.shape[1] for p in photographs])
+    stack = np.zeros((len(photographs), heights.max(), widths.max(), 3), dtype=np.uint8)
+    for k, photograph in enumerate(photographs):
+        stack[k, :photograph.shape[0], :photograph.shape[1]] = photograph
+    stack.setflags(write=False)
+    return stack, heights, widths
 
 
 # --- the corruptions: f(uint8 (N, 32, 32, 3), severity, rngs) -> values in [0, 255] ---------------------------------
@@ -437,13 +486,14 @@ def snow(x, severity, rngs):
 def frost(x, severity, rngs):
     c = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][severity - 1]
     n = len(x)
-    textures = frost_textures()
-    idx = next(rngs).integers(5, size=n)
-    x_start = next(rngs).integers(0, textures.shape[1] - SIZE, size=n)
-    y_start = next(rngs).integers(0, textures.shape[2] - SIZE, size=n)
+    stack, heights, widths = _frost_stack()
+    idx = next(rngs).integers(FROST_CHOICES, size=n)
+    # the official randint(0, shape - 32) on rows, then columns, of the chosen photograph
+    x_start = next(rngs).integers(0, heights[idx] - SIZE)
+    y_start = next(rngs).integers(0, widths[idx] - SIZE)
     offsets = np.arange(SIZE)
-    crops = textures[idx[:, None, None], x_start[:, None, None] + offsets[None, :, None],
-                     y_start[:, None, None] + offsets[None, None, :]]
+    crops = stack[idx[:, None, None], x_start[:, None, None] + offsets[None, :, None],
+                  y_start[:, None, None] + offsets[None, None, :]]
     return np.clip(c[0] * np.asarray(x, dtype=np.float64) + c[1] * crops, 0, 255)
 
 
