@@ -1,11 +1,19 @@
-"""budget_map against per-image numpy references of the paper's rule, the released code's jet rule and the ablation."""
+"""budget_map against per-image numpy references of the paper's rule, the released code's jet rule and the ablation.
+
+The released rule is checked against the authors' own pipeline rebuilt here from PIL, numpy and matplotlib (their
+``craft_weight_matrix`` and ``process_overlay``, with torchvision 0.14's float ``to_pil_image``).
+"""
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from torchattacks_part import budget_map, cam_maps, degenerate_maps, quadrant_mask
+from torchattacks_part import budget_map, cam_maps, degenerate_maps, important_pixels, quadrant_mask
+from torchattacks_part.budget import jet_colours, pil_bicubic_resize, released_jet_mask
+from torchattacks_part.cam import postprocess
 
 EPS, EPS_LOW = 8 / 255, 7 / 255
 
@@ -14,6 +22,62 @@ EPS, EPS_LOW = 8 / 255, 7 / 255
 def real_cams(resnet18, cifar_test):
     images, _ = cifar_test
     return cam_maps(resnet18, images[:48])
+
+
+@pytest.fixture(scope="module")
+def low_res_cams(resnet18, cifar_test):
+    """GradCAM of the predicted class at layer4 (4 x 4), normalised as torchcam 0.3.2: ReLU, - min, / max."""
+    images, _ = cifar_test
+    features = {}
+    hook = resnet18.layer4.register_forward_hook(lambda module, inputs, out: features.__setitem__("a", out))
+    try:
+        logits = resnet18(images[:48].clone().requires_grad_(True))
+    finally:
+        hook.remove()
+    (grads,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), features["a"])
+    cams = (grads.mean(dim=(2, 3), keepdim=True) * features["a"]).sum(dim=1).detach().relu()
+    cams = cams - cams.flatten(1).amin(1).view(-1, 1, 1)
+    return cams / cams.flatten(1).amax(1).view(-1, 1, 1)
+
+
+def pil_resize(low_res, size):
+    """PIL's bicubic resize of a float ('F') image, which is what to_pil_image gave on torchvision 0.14."""
+    image = Image.fromarray(np.asarray(low_res, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((size[1], size[0]), resample=Image.BICUBIC))
+
+
+def released_reference(low_res, size):
+    """The authors' craft_weight_matrix + process_overlay for one map, on numpy: boolean (3, H, W)."""
+    overlay = pil_resize(low_res, size)
+    cmap_overlay = matplotlib.colormaps["jet"](overlay ** 2)  # squared with its overshoot, negatives included
+    overlay = (255 * cmap_overlay[:, :, :3]).astype(np.double)
+    normalized = overlay / 255
+    mean, std = np.mean(normalized), np.std(normalized)
+    weight = (normalized - mean) / std
+    weight = np.clip(weight, 1, weight.max()).astype(np.float32)  # torch.clamp(w, 1, w.max()).float()
+    return (weight > 1).transpose(2, 0, 1)  # generate_weighted_eps: torch.where(weight > 1, eps, eps_low)
+
+
+def torchcam_normalise(maps):
+    maps = np.maximum(maps, 0)
+    maps = maps - maps.min(axis=(1, 2), keepdims=True)
+    return (maps / maps.max(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+def random_maps(rng, n, h, w, kind):
+    """Map families in [0, 1]: uniform noise, smooth blobs (CAM-like) and isolated peaks (the largest overshoot)."""
+    if kind == "noise":
+        maps = rng.random((n, h, w))
+    elif kind == "blobs":
+        yy, xx = np.mgrid[0:h, 0:w]
+        centres, widths = rng.random((n, 2, 1, 1)) * [[[h]], [[w]]], 0.5 + rng.random((n, 1, 1)) * h / 3
+        maps = np.exp(-((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2) / (2 * widths**2))
+        maps += 0.3 * rng.random((n, 1, 1)) * rng.random((n, h, w))
+    else:
+        maps = np.zeros((n, h, w))
+        maps[np.arange(n), rng.integers(0, h, n), rng.integers(0, w, n)] = 1.0
+        maps += 0.05 * rng.random((n, h, w))
+    return torchcam_normalise(maps)
 
 
 def test_cam_rule_matches_per_image_reference(real_cams):
@@ -48,17 +112,100 @@ def test_degenerate_maps_get_full_eps_and_are_counted(real_cams):
         assert (budget[4] == EPS_LOW).any(), rule
 
 
-def test_jet_rule_matches_matplotlib(real_cams):
+@pytest.mark.parametrize("shape, size", [((4, 4), (32, 32)), ((8, 8), (32, 32)), ((16, 16), (64, 64)),
+                                         ((5, 7), (32, 48)), ((40, 36), (32, 32)), ((32, 32), (32, 32))])
+def test_bicubic_resize_equals_pil(shape, size):
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    maps = (rng.random((8, *shape)) * 1.4 - 0.2).astype(np.float32)  # any floats, not just [0, 1]
+    expected = np.stack([pil_resize(m, size) for m in maps])
+    ours = pil_bicubic_resize(torch.from_numpy(maps), size)
+    assert ours.shape == (8, *size) and ours.dtype == torch.float32
+    np.testing.assert_array_equal(ours.numpy(), expected)  # bit for bit, not just to ~1e-6
+
+
+def test_bicubic_resize_overshoots_like_pil():
+    maps = torch.from_numpy(random_maps(np.random.default_rng(1), 16, 4, 4, "peaks"))
+    resized = pil_bicubic_resize(maps, (32, 32))
+    assert resized.min() < -0.05 and resized.max() > 1.05  # no clamping: the released code squared these
+    # torch's antialiased bicubic has PIL's kernel (a = -0.5) but sums in float32: close, not equal.
+    torch_aa = F.interpolate(maps[:, None], size=(32, 32), mode="bicubic", antialias=True)[:, 0]
+    assert (torch_aa - resized).abs().max() < 1e-6
+    bicubic_075 = F.interpolate(maps[:, None], size=(32, 32), mode="bicubic", align_corners=False)[:, 0]
+    assert (bicubic_075 - resized).abs().max() > 1e-2  # the default a = -0.75 is another filter
+
+
+def test_jet_colours_index_as_matplotlib():
+    ticks = np.arange(257, dtype=np.float32) / 256
+    values = np.concatenate([ticks, np.nextafter(ticks, np.float32(-1)), np.nextafter(ticks, np.float32(2)),
+                             np.float32([-0.3, -1e-8, 1.0, 1 + 1e-7, 1.3, np.inf, -np.inf, np.nan])])
+    values = np.concatenate([values, np.random.default_rng(2).random(247, dtype=np.float32) * 1.4 - 0.2])
+    values = values[: len(values) // 32 * 32].reshape(-1, 32)
+    expected = (255 * matplotlib.colormaps["jet"](values)[..., :3]).astype(np.double) / 255
+    ours = jet_colours(torch.from_numpy(values)[None])[0]
+    assert ours.dtype == torch.float64
+    np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["noise", "blobs", "peaks"])
+@pytest.mark.parametrize("shape, size", [((4, 4), (32, 32)), ((8, 8), (32, 32)), ((16, 16), (64, 64))])
+def test_jet_rule_equals_the_released_pipeline(kind, shape, size):
+    maps = random_maps(np.random.default_rng(sum(shape) + len(kind)), 24, *shape, kind)
+    expected = np.stack([released_reference(m, size) for m in maps])
+    mask = released_jet_mask(torch.from_numpy(maps), size)
+    assert mask.shape == (24, 3, *size) and mask.dtype == torch.bool
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    budget = budget_map(torch.from_numpy(maps), EPS, EPS_LOW, rule="jet", size=size)
+    np.testing.assert_array_equal(budget.numpy(), np.where(expected, np.float32(EPS), np.float32(EPS_LOW)))
+
+
+def test_jet_rule_on_real_maps(low_res_cams, real_cams):
+    assert low_res_cams.shape == (48, 4, 4)
+    # The same CAM as cam_maps, before its bilinear resize.
+    np.testing.assert_allclose(postprocess(low_res_cams, (32, 32)).numpy(), real_cams.numpy(), atol=1e-5)
+    expected = np.stack([released_reference(m, (32, 32)) for m in low_res_cams.numpy()])
+    budget = budget_map(low_res_cams, EPS, EPS_LOW, rule="jet", size=(32, 32))
+    assert budget.shape == (48, 3, 32, 32)
+    np.testing.assert_array_equal(budget.numpy(), np.where(expected, np.float32(EPS), np.float32(EPS_LOW)))
+    # About a quarter of the entries keep eps (the released code gives 25.75 % on 128 test images), every image
+    # somewhere in the band, and per channel: some pixels keep eps in one or two channels only.
+    full = (budget == EPS).float()
+    assert 0.2 < full.mean() < 0.3
+    assert 0.1 < full.flatten(1).mean(1).min() and full.flatten(1).mean(1).max() < 0.4
+    per_pixel = full.sum(dim=1)
+    assert ((per_pixel > 0) & (per_pixel < 3)).any()
+    # Full-size bilinear maps (no size) skip the resize: close to the released masks, but not them.
+    approximate = important_pixels(real_cams, "jet").numpy()
+    assert 0.9 < (approximate == expected).mean() < 0.99
+
+
+def test_jet_rule_without_size_takes_the_maps_as_they_are(real_cams):
+    # With maps at the image size the PIL resize is the identity and the rest of the pipeline is the released one.
     budget = budget_map(real_cams, EPS, EPS_LOW, rule="jet")
     assert budget.shape == (48, 3, 32, 32)
-    jet = matplotlib.colormaps["jet"]
-    for cam, b in zip(real_cams.numpy(), budget.numpy()):
-        colours = jet(cam**2)[..., :3].transpose(2, 0, 1)  # the released code squares, then colours
-        important = colours > colours.mean() + colours.std()
-        np.testing.assert_array_equal(b, np.where(important, np.float32(EPS), np.float32(EPS_LOW)))
-    # Per channel, not per pixel: some pixels keep eps in one channel only.
-    per_pixel = (budget == EPS).sum(dim=1)
-    assert ((per_pixel > 0) & (per_pixel < 3)).any()
+    expected = np.stack([released_reference(m, (32, 32)) for m in real_cams.numpy()])
+    np.testing.assert_array_equal(budget.numpy(), np.where(expected, np.float32(EPS), np.float32(EPS_LOW)))
+
+
+def test_cam_and_random_rules_resize_low_resolution_maps(low_res_cams, real_cams):
+    for rule in ("cam", "random"):
+        ours = important_pixels(low_res_cams, rule, generator=torch.Generator().manual_seed(0), size=(32, 32))
+        same = important_pixels(postprocess(low_res_cams, (32, 32)), rule, generator=torch.Generator().manual_seed(0))
+        assert ours.shape == (48, 1, 32, 32) and torch.equal(ours, same)
+    agreement = (important_pixels(low_res_cams, "cam", size=(32, 32)) == important_pixels(real_cams, "cam"))
+    assert agreement.float().mean() > 0.999  # cam_maps' maps, up to float rounding
+
+
+def test_degenerate_low_resolution_maps_get_full_eps(low_res_cams):
+    cams = low_res_cams[:4].clone()
+    cams[0] = 0.0
+    cams[1] = 0.5
+    cams[2, 1, 1] = float("nan")
+    assert degenerate_maps(cams).tolist() == [True, True, True, False]
+    for rule in ("cam", "jet", "random"):
+        budget = budget_map(cams, EPS, EPS_LOW, rule, size=(32, 32))
+        assert budget.shape[-2:] == (32, 32) and torch.isfinite(budget).all()
+        assert (budget[:3] == EPS).all(), rule
+        assert (budget[3] == EPS_LOW).any(), rule
 
 
 def test_random_rule_keeps_the_count_and_moves_the_pixels(real_cams):
@@ -95,6 +242,19 @@ def test_bad_map_shape(real_cams):
         budget_map(real_cams[:, None], EPS, EPS_LOW)
 
 
+@pytest.mark.parametrize("cams", [np.zeros((2, 32, 32), dtype=np.float32), [[[0.0, 1.0]]], None],
+                         ids=["numpy", "list", "None"])
+def test_maps_must_be_a_tensor(cams):
+    with pytest.raises(ValueError, match=r"cams must be a torch tensor of shape \(B, H, W\)"):
+        budget_map(cams, EPS, EPS_LOW)
+
+
+@pytest.mark.parametrize("size", [(32,), (0, 32), (32.0, 32), "ab", 32])
+def test_bad_size(real_cams, size):
+    with pytest.raises(ValueError, match="size"):
+        budget_map(real_cams, EPS, EPS_LOW, "jet", size=size)
+
+
 @pytest.mark.parametrize("quarter, rows, cols", [("ul", (0, 16), (0, 16)), ("ur", (0, 16), (16, 32)),
                                                  ("bl", (16, 32), (0, 16)), ("br", (16, 32), (16, 32))])
 def test_quadrant_mask_lowers_exactly_one_quarter(quarter, rows, cols):
@@ -111,3 +271,10 @@ def test_quadrant_mask_bad_parameters():
         quadrant_mask(32, 32, "left")
     with pytest.raises(ValueError, match="height"):
         quadrant_mask(1, 32, "ul")
+
+
+@pytest.mark.parametrize("eps, eps_low", [(float("inf"), 0.0), (float("inf"), float("inf"))])
+def test_infinite_budgets_are_refused(real_cams, eps, eps_low):
+    # The finiteness check lives in checks.check_budget_params.
+    with pytest.raises(ValueError, match="eps"):
+        budget_map(real_cams, eps, eps_low)

@@ -5,12 +5,21 @@ pixels are important:
 
 ``"cam"``     the paper's rule: a pixel is important when its map value exceeds that image's mean + 1 std
               (the paper's "scaled weight omega > 1"). All channels of a pixel share its budget: (B, 1, H, W).
-``"jet"``     the authors' released code: the map is squared, coloured with matplotlib's ``jet`` colormap and
-              each of the 3 colour values is compared with mean + 1 std over all 3 x H x W values, so the budget is
-              per pixel *and* channel, (B, 3, H, W). Because of the colormap the CAM's peak usually lands in the
-              low band. Use it only to reproduce the published numbers. Differences we keep on purpose: the map
-              is the bilinear one :func:`~torchattacks_part.cam.cam_maps` returns, not torchcam's bicubic
-              resize, and colours stay float rather than uint8.
+``"jet"``     the authors' released code (``craft_weight_matrix`` / ``process_overlay`` of their ``utils.py``),
+              reproduced exactly by :func:`released_jet_mask`: torchcam's low-resolution map (4 x 4 at a CIFAR
+              ResNet-18's ``layer4``) is resized to the image size by PIL's bicubic filter without clamping (a map in
+              [0, 1] overshoots to about [-0.11, 1.12]), squared, coloured with matplotlib's ``jet`` colormap, and each
+              of the 3 colour values is compared with mean + 1 std over all 3 x H x W values (numpy's population std,
+              as the released code used numpy). The budget is per pixel *and* channel, (B, 3, H, W), and because of
+              the colormap the CAM's peak usually lands in the low band. Use it only to reproduce the published
+              numbers. It needs the map *before* any resize: pass the low-resolution maps with the image ``size``.
+              Given maps already at the image size (what :func:`~torchattacks_part.cam.cam_maps` returns today, a
+              bilinear resize) it skips the resize and only approximates the released masks (95.6 % of entries agree,
+              no image identical, measured on 128 CIFAR-10 test images of the pretrained ResNet-18).
+              Versions: the released code ran torchvision 0.14, whose ``to_pil_image`` keeps a float32 map as a
+              float ('F') PIL image; that is what is reproduced here. From torchvision 0.16 on, ``to_pil_image``
+              scales a float map by 255 and casts it to uint8, and the released code's ``** 2`` then wraps around in
+              uint8: the same script on a new torchvision gives other masks (about 64 % of entries agree).
 ``"random"``  an ablation (does the CAM matter?): the same number of important pixels per image as ``"cam"``
               would pick, drawn uniformly at random.
 
@@ -19,12 +28,39 @@ PGD, never NaN. The released code turned such maps into ``eps_low`` everywhere t
 (:func:`degenerate_maps`) so callers can report how often it happens.
 """
 
+from numbers import Integral
+
 import torch
 
+from .cam import postprocess
 from .checks import check_budget_params, check_choice
 
 RULES = ("cam", "jet", "random")
 QUARTERS = ("ul", "ur", "bl", "br")
+
+
+def _check_maps(cams):
+    if not isinstance(cams, torch.Tensor) or cams.dim() != 3:
+        if isinstance(cams, torch.Tensor):
+            got = f"a tensor of shape {tuple(cams.shape)}"
+        else:
+            kind = type(cams)
+            got = "None" if cams is None else f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")
+        raise ValueError(f"cams must be a torch tensor of shape (B, H, W), got {got}")
+    return cams
+
+
+def _check_size(size, cams):
+    """None (the maps' own size) or (H, W), two integers >= 1."""
+    if size is None:
+        return tuple(cams.shape[-2:])
+    try:
+        size = tuple(size)
+    except TypeError:
+        raise ValueError(f"size must be None or (H, W), got {size!r}") from None
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral) or v < 1 for v in size):
+        raise ValueError(f"size must be None or (H, W), two integers >= 1, got {size!r}")
+    return tuple(int(v) for v in size)
 
 
 def degenerate_maps(cams):
@@ -44,40 +80,166 @@ def _above_mean_plus_std(values):
     return values > threshold.view(-1, *([1] * (values.dim() - 1)))
 
 
-_JET_LUT = {}
+# The released pipeline, step by step. Its arithmetic runs in float64 where the released code's did (PIL's resampling
+# sums, numpy's statistics) and rounds to float32 where it did, so the masks are the same bit for bit.
 
 
-def _jet_lut(device, dtype):
-    """matplotlib's 256-entry ``jet`` table (RGB), cached per device."""
-    key = (device, dtype)
-    if key not in _JET_LUT:
+def _work_device(device):
+    return torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+
+
+def _bicubic_filter(x):
+    """PIL's bicubic kernel (Keys, a = -0.5), in double as in libImaging/Resample.c."""
+    a = -0.5
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+_PIL_COEFFS = {}
+
+
+def _pil_coeffs(in_size, out_size, device):
+    """PIL's ``precompute_coeffs`` for one axis: window starts, taps (out, k) and a validity mask, cached."""
+    key = (in_size, out_size, device)
+    if key not in _PIL_COEFFS:
+        scale = in_size / out_size  # centre-aligned: output pixel xx covers [xx, xx + 1) * scale
+        filterscale = max(scale, 1.0)  # the kernel widens only when downsampling
+        support = 2.0 * filterscale
+        starts, taps = [], []
+        for xx in range(out_size):
+            center = (xx + 0.5) * scale
+            xmin = max(int(center - support + 0.5), 0)  # C's (int) truncates, as Python's int()
+            xmax = min(int(center + support + 0.5), in_size) - xmin
+            k = [_bicubic_filter((x + xmin - center + 0.5) / filterscale) for x in range(xmax)]
+            total = 0.0
+            for w in k:
+                total += w
+            starts.append(xmin)
+            taps.append([w / total if total != 0.0 else w for w in k])
+        width = max(len(k) for k in taps)
+        index = torch.tensor([[min(s + t, in_size - 1) for t in range(width)] for s in starts])
+        valid = torch.tensor([[t < len(k) for t in range(width)] for k in taps])
+        weight = torch.tensor([k + [0.0] * (width - len(k)) for k in taps], dtype=torch.float64)
+        _PIL_COEFFS[key] = (index.to(device), weight.to(device), valid.to(device))
+    return _PIL_COEFFS[key]
+
+
+def _pil_resample_last_axis(x, out_size):
+    """One PIL pass along the last axis: a float64 sum over the window, tap by tap, rounded to float32."""
+    index, weight, valid = _pil_coeffs(x.shape[-1], out_size, x.device)
+    x = x.double()
+    total = torch.zeros(*x.shape[:-1], out_size, dtype=torch.float64, device=x.device)
+    for t in range(index.shape[1]):
+        total = torch.where(valid[:, t], total + x[..., index[:, t]] * weight[:, t], total)
+    return total.float()
+
+
+def pil_bicubic_resize(maps, size):
+    """(B, h, w) maps -> (B, H, W) float32, as PIL's ``Image.resize(size, BICUBIC)`` of float ('F') images.
+
+    PIL's convolution resampling: the Keys kernel with a = -0.5, centre-aligned coordinates, the kernel widened only
+    when downsampling, weights normalised to sum 1, windows cut at the border; the width pass first, then the height
+    pass, each summed in float64 and stored as float32. No clamping, so values overshoot the input's range. Equal to
+    PIL bit for bit (tests). ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` uses the same kernel
+    but sums in float32 and resizes both axes at once: it differs from PIL by up to about 2e-7.
+    """
+    maps = _check_maps(maps)
+    height, width = _check_size(size, maps)
+    out = maps.float()
+    if out.shape[-1] != width:
+        out = _pil_resample_last_axis(out, width)
+    if out.shape[-2] != height:
+        out = _pil_resample_last_axis(out.transpose(-1, -2), height).transpose(-1, -2)
+    return out.contiguous()
+
+
+_JET_TABLE = {}
+
+
+def _jet_table(device):
+    """matplotlib's ``jet`` lookup table as the released code used it: RGB of the 256 colours, then the under, over
+    and bad colours, each channel as ``(255 * c).astype(np.double) / 255`` (``process_overlay``), float64."""
+    if device not in _JET_TABLE:
         import matplotlib
         import numpy as np
 
-        table = matplotlib.colormaps["jet"](np.arange(256))[:, :3]
-        _JET_LUT[key] = torch.as_tensor(table, device=device, dtype=dtype)
-    return _JET_LUT[key]
+        jet = matplotlib.colormaps["jet"]
+        rgba = np.concatenate([jet(np.arange(256)), jet(np.array([-1.0, 2.0, np.nan], dtype=np.float32))])
+        table = (255 * rgba[:, :3]).astype(np.double) / 255
+        _JET_TABLE[device] = torch.as_tensor(table, dtype=torch.float64, device=device)
+    return _JET_TABLE[device]
 
 
-def jet_colours(cams):
-    """(B, H, W) maps in [0, 1] -> (B, 3, H, W) ``jet`` colours of the squared map, indexed as matplotlib does."""
-    index = (cams.clamp(0, 1).square() * 256).long().clamp(max=255)
-    return _jet_lut(cams.device, cams.dtype)[index].permute(0, 3, 1, 2)
+def jet_colours(values):
+    """(B, H, W) values -> (B, 3, H, W) float64 ``jet`` colours, indexed as matplotlib's ``Colormap`` indexes floats.
+
+    The index is ``int(256 * x)`` computed in float32, with x == 1 giving the last colour, x < 0 the "under" colour
+    (jet: the first one), x > 1 the "over" colour (jet: the last one) and NaN the "bad" colour (0, 0, 0). The values
+    are taken as they are: the released code squared its map first (:func:`released_jet_mask`).
+    """
+    scaled = values.float() * 256  # exact: matplotlib multiplies the float32 array by N = 256 in float32
+    index = torch.nan_to_num(scaled, nan=0.0).clamp(0, 255).long()
+    index = torch.where(scaled < 0, 256, index)
+    index = torch.where(scaled > 256, 257, index)
+    index = torch.where(torch.isnan(scaled), 258, index)
+    return _jet_table(values.device)[index].permute(0, 3, 1, 2)
 
 
-def important_pixels(cams, rule="cam", generator=None):
+def released_jet_mask(maps, size=None):
+    """The released code's mask, exactly: (B, h, w) low-resolution CAMs -> boolean (B, 3, H, W).
+
+    Per image, as the authors' ``craft_weight_matrix`` and ``process_overlay`` (torchcam 0.3.2, torchvision 0.14):
+    torchcam's normalisation (ReLU, then ``(m - min) / (max - min)``, which leaves a torchcam map as it is), PIL's
+    bicubic resize of the float map to ``size`` (:func:`pil_bicubic_resize`, no clamping), the square, matplotlib's
+    ``jet`` (:func:`jet_colours`), standardisation over all 3 x H x W colour values with one mean and numpy's
+    population std, in float64, and the test ``float32(z) > 1`` (``torch.clamp(z, 1, z.max()).float()``, then
+    ``> 1``). A constant map gives 0/0 there and marks nothing, as in the released code; :func:`important_pixels`
+    gives such maps ``eps`` everywhere instead.
+
+    :param maps: the CAMs at the target layer's resolution, before any resize (raw or normalised).
+    :param size: (H, W) of the images; None keeps the maps' size (no resize).
+    """
+    maps = _check_maps(maps)
+    size = _check_size(size, maps)
+    device = maps.device
+    work = maps.to(_work_device(device)).float()
+    work = work.clamp(min=0)
+    work = work - work.flatten(1).amin(dim=1).view(-1, 1, 1)
+    work = work / work.flatten(1).amax(dim=1).view(-1, 1, 1)
+    resized = pil_bicubic_resize(work, size)
+    colours = jet_colours(resized.square()).flatten(1)
+    mean = colours.mean(dim=1, keepdim=True)
+    std = (colours - mean).square().mean(dim=1, keepdim=True).sqrt()
+    important = ((colours - mean) / std).float() > 1
+    return important.view(-1, 3, *size).to(device)
+
+
+def important_pixels(cams, rule="cam", generator=None, size=None):
     """Boolean mask of important entries: (B, 1, H, W) for "cam"/"random", (B, 3, H, W) for "jet".
+
+    :param cams: maps (B, h, w): at the image size (what :func:`~torchattacks_part.cam.cam_maps` returns), or at the
+        target layer's resolution together with ``size``.
+    :param rule: ``"cam"``, ``"jet"`` or ``"random"`` (module docstring).
+    :param generator: optional ``torch.Generator`` for the ``"random"`` rule.
+    :param size: (H, W) of the images when ``cams`` are smaller; None: the maps are at the image size. Rule
+        ``"jet"`` resizes them as the released code did (:func:`released_jet_mask`: exact only this way); rules
+        ``"cam"`` and ``"random"`` as :func:`~torchattacks_part.cam.postprocess` does (bilinear, then min-max).
 
     Degenerate maps mark every entry important (full eps).
     """
     check_choice("rule", rule, RULES)
-    if not isinstance(cams, torch.Tensor) or cams.dim() != 3:
-        got = tuple(cams.shape) if isinstance(cams, torch.Tensor) else type(cams).__name__
-        raise ValueError(f"cams must be a tensor of shape (B, H, W), got {got}")
+    cams = _check_maps(cams)
+    size = _check_size(size, cams)
     degenerate = degenerate_maps(cams).view(-1, 1, 1, 1)
     clean = torch.nan_to_num(cams.float(), nan=0.0, posinf=0.0, neginf=0.0)
     if rule == "jet":
-        return _above_mean_plus_std(jet_colours(clean)) | degenerate
+        return released_jet_mask(clean, size) | degenerate
+    if tuple(clean.shape[-2:]) != size:
+        clean = postprocess(clean, size)
     important = _above_mean_plus_std(clean)[:, None] | degenerate
     if rule == "random":
         count = important.flatten(1).sum(dim=1, keepdim=True)
@@ -88,20 +250,23 @@ def important_pixels(cams, rule="cam", generator=None):
     return important
 
 
-def budget_map(cams, eps, eps_low, rule="cam", generator=None):
+def budget_map(cams, eps, eps_low, rule="cam", generator=None, size=None):
     """Per-entry L-inf budgets from class activation maps.
 
-    :param cams: tensor (B, H, W), e.g. from :func:`~torchattacks_part.cam.cam_maps`.
-    :param eps: budget of important entries.
+    :param cams: torch tensor (B, H, W), e.g. from :func:`~torchattacks_part.cam.cam_maps`; or (B, h, w) maps at
+        the target layer's resolution with ``size`` (needed for an exact ``"jet"``).
+    :param eps: budget of important entries, finite.
     :param eps_low: budget of the others, ``0 <= eps_low <= eps``.
     :param rule: ``"cam"`` (paper), ``"jet"`` (released code) or ``"random"`` (ablation); see the module docstring.
     :param generator: optional ``torch.Generator`` for the ``"random"`` rule.
+    :param size: (H, W) of the images when ``cams`` are smaller, see :func:`important_pixels`.
     :return: tensor (B, 1, H, W) (or (B, 3, H, W) for ``"jet"``) of ``eps`` / ``eps_low``, on the maps' device,
         broadcastable to the images.
     """
+    cams = _check_maps(cams)
     eps, eps_low, _ = check_budget_params(eps, eps_low)
     dtype = cams.dtype if cams.is_floating_point() else torch.float32
-    return budget_from_mask(important_pixels(cams, rule, generator), eps, eps_low, dtype)
+    return budget_from_mask(important_pixels(cams, rule, generator, size), eps, eps_low, dtype)
 
 
 def budget_from_mask(important, eps, eps_low, dtype=torch.float32):

@@ -143,7 +143,7 @@ def _resolve_targets(targets, logits):
     return check_labels(targets.to(logits.device), logits.shape[0], logits.shape[1], name="targets")
 
 
-def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
+def cam_maps(model, images, target_layer=None, method="gradcam", targets=None, resize=True):
     """Class activation maps of ``model`` for a batch of images.
 
     :param model: a ``torch.nn.Module`` classifier returning logits (B, num_classes).
@@ -153,6 +153,8 @@ def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
     :param method: ``"gradcam"``, ``"xgradcam"``, ``"layercam"`` (batched torch) or any name in
         ``LIBRARY_METHODS`` (through pytorch-grad-cam).
     :param targets: class per image (B,) or None for the predicted class, as the PART authors did.
+    :param resize: False: the native methods' maps at the layer's resolution (B, h, w), as the released "jet" rule
+        takes them (``budget_map(..., size=(H, W))``).
     :return: tensor (B, H, W) in [0, 1] on the images' device, detached.
     """
     check_choice("method", method, CAM_METHODS)
@@ -161,12 +163,17 @@ def cam_maps(model, images, target_layer=None, method="gradcam", targets=None):
     if targets is not None:
         # Shape and sign now, the upper bound once the logits are known.
         check_labels(torch.as_tensor(targets), images.shape[0], name="targets")
-    return compute_maps(model, images, candidates, method, targets)
+    return compute_maps(model, images, candidates, method, targets, resize)
 
 
-def compute_maps(model, images, candidates, method, targets=None):
+def compute_maps(model, images, candidates, method, targets=None, resize=True):
     """:func:`cam_maps` without its checks, for callers that validated their inputs and resolved the layer
-    candidates once (:func:`layer_candidates`): the attacks, on every batch of a training run."""
+    candidates once (:func:`layer_candidates`): the attacks, on every batch of a training run.
+
+    :param resize: False keeps a native method's map at the layer's resolution (post-processed there), which is
+        what the released code's "jet" rule resizes itself (:func:`~torchattacks_part.budget.released_jet_mask`);
+        library methods always return full-size maps.
+    """
     with preserved_state(model), torch.enable_grad():
         if method in NATIVE_METHODS:
             # The input needs a graph so the activation has one, even when the parameters are frozen.
@@ -176,7 +183,7 @@ def compute_maps(model, images, candidates, method, targets=None):
             score = logits.gather(1, chosen[:, None]).sum()
             (grads,) = torch.autograd.grad(score, features)
             raw = NATIVE_METHODS[method](features.detach(), grads)
-            return postprocess(raw, images.shape[-2:]).detach()
+            return postprocess(raw, images.shape[-2:] if resize else raw.shape[-2:]).detach()
         return _library_cam(model, images, candidates, method, targets)
 
 
