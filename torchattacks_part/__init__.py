@@ -3,9 +3,11 @@
 The math lives here once (``cam``, ``budget``, ``step``, ``losses``); ``art_part`` adapts it to ART.
 """
 
+from .apgd import auto_pgd
 from .budget import QUARTERS, RULES, budget_map, degenerate_maps, important_pixels, quadrant_mask
 from .cam import CAM_METHODS, cam_maps
 from .mma import MMA
+from .mma_eval import MMAEval
 from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW, PixelAG
 
 __all__ = [
@@ -13,9 +15,11 @@ __all__ = [
     "ADAPTIVE_EPS_LOW",
     "CAM_METHODS",
     "MMA",
+    "MMAEval",
     "PixelAG",
     "QUARTERS",
     "RULES",
+    "auto_pgd",
     "budget_map",
     "cam_maps",
     "degenerate_maps",
