@@ -12,6 +12,20 @@ CIFAR10_TEST_FILES = ("test_batch",)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+def _remove_failed_download(data_dir, created):
+    """Undo what a failed download left: a partial archive (one whose md5 is not the official one) and the
+    folders it created, when they are empty."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    partial = os.path.join(data_dir, CIFAR10.filename)
+    if os.path.isfile(partial) and not check_integrity(partial, CIFAR10.tgz_md5):
+        os.remove(partial)
+    for path in reversed(created):  # the inner folder first
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+
 def _ensure_cifar10(data_dir, download, train):
     folder = os.path.join(data_dir, CIFAR10_FOLDER)
     needed = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
@@ -19,6 +33,7 @@ def _ensure_cifar10(data_dir, download, train):
     if not missing:
         return folder
     if download:
+        created = [p for p in (data_dir, folder) if not os.path.exists(p)]
         try:
             import torchvision
 
@@ -26,6 +41,7 @@ def _ensure_cifar10(data_dir, download, train):
             return folder
         except Exception as error:  # offline, proxy, disk: all end in the same advice
             reason = f" (download failed: {error})"
+            _remove_failed_download(data_dir, created)
     else:
         reason = ""
     raise FileNotFoundError(
@@ -35,18 +51,36 @@ def _ensure_cifar10(data_dir, download, train):
     )
 
 
-def load_cifar10(data_dir, train=False, n=None, download=True):
+def _check_cifar10_file(path, name):
+    """Refuse a CIFAR-10 batch whose md5 is not the official one (torchvision's list and ``check_integrity``):
+    the batches are pickles, and unpickling a file of unknown origin can run code."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    official = dict(CIFAR10.train_list + CIFAR10.test_list)[name]
+    if not check_integrity(path, official):
+        raise ValueError(f"{path} is not the official CIFAR-10 file {name} (its md5 is not {official}); it was not "
+                         f"read, since these files are pickles. Replace it with the official file, or pass "
+                         f"verify=False to read a file you trust")
+
+
+def load_cifar10(data_dir, train=False, n=None, download=True, verify=True):
     """CIFAR-10 as tensors: images float32 (N, 3, 32, 32) in [0, 1], labels int64 (N,).
 
     :param data_dir: folder holding ``cifar-10-batches-py/`` (torchvision layout).
     :param train: the 50,000 training images instead of the 10,000 test images.
     :param n: keep only the first ``n`` images (in file order, deterministic).
     :param download: try torchvision's download when files are missing.
+    :param verify: check each batch file's md5 against the official sums before unpickling it (ValueError naming
+        the file on a mismatch); False reads files you trust (e.g. a re-packed CIFAR-10) as they are.
     """
     folder = _ensure_cifar10(data_dir, download, train)
     images, labels = [], []
     for name in CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES:
-        with open(os.path.join(folder, name), "rb") as f:
+        path = os.path.join(folder, name)
+        if verify:
+            _check_cifar10_file(path, name)
+        with open(path, "rb") as f:  # a pickle: only unpickled once its md5 is the official one (or verify=False)
             batch = pickle.load(f, encoding="bytes")
         images.append(batch[b"data"])
         labels.extend(batch[b"labels"])
@@ -119,7 +153,8 @@ def _tiny_imagenet_root(data_dir, folder, split):
             f"TinyImageNet-200 not found in {os.path.abspath(root)}: missing {', '.join(missing)}. "
             f"Expected the original layout: wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
             f"val/val_annotations.txt. torchvision does not download it: unzip {TINY_IMAGENET_URL} "
-            f"under {os.path.abspath(data_dir)} (giving {TINY_IMAGENET_FOLDER}/), or pass folder= to name another."
+            f"so that {os.path.abspath(root)} holds that layout (the archive unpacks as {TINY_IMAGENET_FOLDER}/), "
+            f"or pass folder= to name another folder under {os.path.abspath(data_dir)}."
         )
     return root
 

@@ -11,7 +11,11 @@ import torch
 import torchvision
 from PIL import Image
 
+from pathlib import Path
+
+from benchmarks import UsageError
 from benchmarks.data import load_cifar10, load_svhn, load_tiny_imagenet
+from benchmarks.train import load_split
 
 
 def test_matches_torchvision(data_dir):
@@ -153,3 +157,54 @@ def test_tiny_imagenet_missing_names_folder_and_layout(tmp_path):
     assert "wnids.txt" in message and "tiny-imagenet-200.zip" in message
     with pytest.raises(ValueError):
         load_tiny_imagenet(str(tmp_path), split="test")
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it creates a file named by its argument."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_cifar10_file_that_is_not_official_is_never_unpickled(data_dir, tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    (folder / "test_batch").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ValueError, match="test_batch.*not the official"):
+        load_cifar10(str(tmp_path), train=False, download=False)
+    assert not marker.exists()
+    with pytest.raises(UsageError, match="test_batch"):  # the CLI's one-line error
+        load_split("cifar10", str(tmp_path), train=False)
+    # One changed byte in a real file is refused too; verify=False reads a file the caller trusts.
+    real = (Path(data_dir) / "cifar-10-batches-py" / "test_batch").read_bytes()
+    edited = bytearray(real)
+    edited[len(edited) // 2] ^= 1  # a pixel value, not the pickle structure
+    (folder / "test_batch").write_bytes(bytes(edited))
+    with pytest.raises(ValueError, match="md5"):
+        load_cifar10(str(tmp_path), train=False, n=4, download=False)
+    x, y = load_cifar10(str(tmp_path), train=False, n=4, download=False, verify=False)
+    assert x.shape == (4, 3, 32, 32)
+    shutil.rmtree(folder)
+
+
+def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
+    target = tmp_path / "data" / "new"
+
+    def offline(self, root, **kwargs):  # what a cut download leaves: the folder and half an archive
+        os.makedirs(root, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", type("Offline", (), {"__init__": offline,
+                                                                              "filename": "cifar-10-python.tar.gz",
+                                                                              "tgz_md5": "0" * 32}))
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match="no network"):
+        load_cifar10(str(target), download=True)
+    assert not target.exists() and not list((tmp_path / "data").iterdir())
