@@ -31,7 +31,7 @@ from torchattacks_part.budget import RULES
 from torchattacks_part.cam import CAM_METHODS
 from torchattacks_part.checks import check_budget, check_budget_params, check_choice, check_number, check_steps
 from torchattacks_part.mma import MMA
-from torchattacks_part.pixel_ag import LOSSES, PixelAG
+from torchattacks_part.pixel_ag import LOSSES, STARTS, PixelAG
 
 __all__ = ["MMAPyTorch", "PixelAGPyTorch"]
 
@@ -72,6 +72,18 @@ class EstimatorModule(nn.Module):
         return self.model(self.preprocess(x))
 
 
+def check_estimator(name, estimator, requirements=(BaseEstimator, LossGradientsMixin, ClassifierMixin,
+                                                  PyTorchEstimator)):
+    """TypeError naming ``name`` unless ``estimator`` is an ART PyTorch classifier (e.g. ``PyTorchClassifier``)."""
+    if all(isinstance(estimator, kind) for kind in requirements):
+        return estimator
+    hint = (": wrap the model first, PyTorchClassifier(model, loss, input_shape, nb_classes, clip_values=(0, 1))"
+            if isinstance(estimator, nn.Module) else "")
+    raise TypeError(f"{name} must be an ART PyTorchClassifier (art.estimators.classification), got "
+                    f"{'a torch.nn.Module ' if isinstance(estimator, nn.Module) else ''}{type(estimator).__name__}"
+                    f"{hint}")
+
+
 def _same(a, b):
     """``a == b`` for parameter tuples, False where a comparison is not a plain bool (e.g. arrays)."""
     try:
@@ -98,6 +110,7 @@ class _PixelBudgetPyTorch(ProjectedGradientDescentPyTorch):
 
     def _setup(self, estimator, *, eps, eps_step, max_iter, num_random_init, batch_size, verbose, targeted, **own):
         """Validate every value, run ART's PGD constructor, then build the torchattacks_part attack."""
+        check_estimator("estimator", estimator, self._estimator_requirements)
         values = dict(eps=eps, eps_step=eps_step, max_iter=max_iter, num_random_init=num_random_init,
                       batch_size=batch_size, verbose=verbose, targeted=targeted, **own)
         self._check_values(values)  # our ValueErrors first, before ART's own (TypeError-prone) checks
@@ -156,6 +169,8 @@ class _PixelBudgetPyTorch(ProjectedGradientDescentPyTorch):
             check_choice("rule", values["rule"], RULES)
         if "loss" in values:
             check_choice("loss", values["loss"], LOSSES)
+        if values.get("start") is not None:
+            check_choice("start", values["start"], STARTS)
         if "k" in values:
             check_steps("k", values["k"])
         if "kappa" in values:
@@ -248,6 +263,9 @@ class _PixelBudgetPyTorch(ProjectedGradientDescentPyTorch):
             raise ValueError(f"y must be {expected}, got dtype {y.dtype}")
         if y.ndim == 2 and y.shape == (n, 1) and nb_classes != 1:
             y = y[:, 0]
+        if y.ndim == 1 and y.dtype.kind == "b":
+            raise ValueError(f"y must be {expected}: bool class indices are ambiguous, got dtype bool (one-hot rows "
+                             f"may be bool)")
         if y.ndim == 1 and y.shape == (n,):
             if not np.isfinite(y).all() or not (np.round(y) == y).all():
                 raise ValueError(f"y must be {expected}: indices must be integers")
@@ -352,13 +370,14 @@ class PixelAGPyTorch(_PixelBudgetPyTorch):
     estimator).
     """
 
-    attack_params = ProjectedGradientDescentPyTorch.attack_params + ["eps_low", "cam", "target_layer", "rule", "loss"]
-    _own_params = ("eps_low", "cam", "target_layer", "rule", "loss")
+    attack_params = ProjectedGradientDescentPyTorch.attack_params + ["eps_low", "cam", "target_layer", "rule", "loss",
+                                                                     "start"]
+    _own_params = ("eps_low", "cam", "target_layer", "rule", "loss", "start")
 
     def __init__(self, estimator, eps: float = 8 / 255, eps_low: float | None = 7 / 255, eps_step: float = 2 / 255,
                  max_iter: int = 10, num_random_init: int = 1, batch_size: int = 128, cam: str = "gradcam",
                  target_layer=None, rule: str = "cam", loss: str = "ce", verbose: bool = False,
-                 targeted: bool = False):
+                 targeted: bool = False, start: str | None = None):
         """
         Create a :class:`PixelAGPyTorch` instance.
 
@@ -368,8 +387,8 @@ class PixelAGPyTorch(_PixelBudgetPyTorch):
             in which case no CAM is computed.
         :param eps_step: step size, ``> 0``.
         :param max_iter: number of steps, integer ``>= 1``.
-        :param num_random_init: 0 starts at ``x``; 1 starts at a random point of each entry's box (``loss="ce"``) or
-            at ``x + 0.001 N(0, 1)`` as TRADES does (``loss="kl"``). Restarts (> 1) are not supported.
+        :param num_random_init: 0 starts at ``x``; 1 starts at a random point (see ``start``). Restarts (> 1) are not
+            supported.
         :param batch_size: number of images per batch, integer ``>= 1``.
         :param cam: CAM method, one of :data:`torchattacks_part.cam.CAM_METHODS` (default ``"gradcam"``).
         :param target_layer: CAM layer: a module of ``estimator.model``, its dotted name (``"layer4"``) or None for
@@ -378,15 +397,18 @@ class PixelAGPyTorch(_PixelBudgetPyTorch):
         :param loss: ``"ce"`` (AT, MART, PART) or ``"kl"`` (TRADES' inner maximisation, PART-T).
         :param verbose: show a progress bar over batches.
         :param targeted: must be False (untargeted only); present for ART's parameter conventions.
+        :param start: the random start of ``num_random_init=1``: ``"uniform"`` in each entry's box or
+            ``"gaussian"``, ``x + 0.001 N(0, 1)`` as TRADES and the official MART code do; None: ``"uniform"`` for
+            ``loss="ce"``, ``"gaussian"`` for ``loss="kl"``.
         """
         self._setup(estimator, eps=eps, eps_step=eps_step, max_iter=max_iter, num_random_init=num_random_init,
                     batch_size=batch_size, verbose=verbose, targeted=targeted, eps_low=eps_low, cam=cam,
-                    target_layer=target_layer, rule=rule, loss=loss)
+                    target_layer=target_layer, rule=rule, loss=loss, start=start)
 
     def _make_attack(self, module, target_layer):
         return PixelAG(module, eps=float(self.eps), eps_low=None if self.eps_low is None else float(self.eps_low),
                        alpha=float(self.eps_step), steps=self.max_iter, random_start=self.num_random_init == 1,
-                       cam=self.cam, target_layer=target_layer, rule=self.rule, loss=self.loss)
+                       cam=self.cam, target_layer=target_layer, rule=self.rule, loss=self.loss, start=self.start)
 
 
 class MMAPyTorch(_PixelBudgetPyTorch):

@@ -69,7 +69,8 @@ def test_attack_budget_is_the_cam_budget_of_the_attacked_model(resnet18, cifar_b
     images, _ = cifar_batch
     for rule in ("cam", "jet"):
         attack = PixelAG(resnet18, rule=rule, cam="xgradcam")
-        expected = budget_map(cam_maps(resnet18, images, method="xgradcam"), EPS, EPS_LOW, rule)
+        maps = cam_maps(resnet18, images, method="xgradcam", resize=rule != "jet")  # jet resizes as released
+        expected = budget_map(maps, EPS, EPS_LOW, rule, size=images.shape[-2:])
         assert torch.equal(attack.budget(images), expected)
 
 
@@ -179,6 +180,9 @@ def test_adaptive_preset(resnet18):
         (dict(rule="box"), "rule"),
         (dict(loss="mse"), "loss"),
         (dict(random_start="yes"), "random_start"),
+        (dict(start="normal"), "start"),
+        (dict(keep="best"), "keep"),
+        (dict(full_eps_on="everywhere"), "full_eps_on"),
     ],
 )
 def test_bad_parameters(tiny_model, kwargs, name):
@@ -239,3 +243,72 @@ def test_budget_outside_a_call_sees_normalised_input(tiny_model, cifar_batch):
     attack.set_normalization_used(mean, std)
     expected = budget_map(cam_maps(tiny_model, (images - m) / s), EPS, EPS_LOW)
     assert torch.equal(attack.budget(images), expected)
+
+
+def _iterates(model, images, labels, steps):
+    """Every iterate of torchattacks.PGD-k (k = 0..steps, same seed each time): the reference for "any iterate"."""
+    out = []
+    for k in range(steps + 1):
+        torch.manual_seed(11)
+        if k == 0:  # the random start itself, drawn as torchattacks.PGD draws it
+            noise = torch.empty_like(images).uniform_(-EPS, EPS)
+            out.append(torch.clamp(images + noise, 0, 1))
+        else:
+            out.append(torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=k)(images, labels))
+    return out
+
+
+def test_keep_misclassified_counts_any_iterate(tiny_model, cifar_batch):
+    """Broken by "misclassified" = misclassified at some torchattacks.PGD iterate; the last iterate is PGD's own."""
+    images, labels = cifar_batch
+    steps = 6
+    attack = PixelAG(tiny_model, eps_low=EPS, steps=steps, keep="misclassified")
+    torch.manual_seed(11)
+    adv = attack(images, labels)
+    iterates = _iterates(tiny_model, images, labels, steps)
+    assert torch.equal(attack.last_iterate, iterates[-1])
+    with torch.no_grad():
+        wrong = torch.stack([tiny_model(x).argmax(1) != labels for x in iterates])  # (steps + 1, N)
+        broken = tiny_model(adv).argmax(1) != labels
+    assert torch.equal(broken, wrong.any(dim=0))
+    assert bool((broken >= wrong[-1]).all())
+    # Each broken image carries its FIRST misclassified iterate; the others the last one.
+    first = wrong.float().argmax(dim=0)
+    for i in range(len(images)):
+        expected = iterates[int(first[i])][i] if broken[i] else iterates[-1][i]
+        assert torch.equal(adv[i], expected)
+    assert (adv - images).abs().max() <= EPS + 1e-6
+
+
+def test_keep_misclassified_is_never_weaker(resnet18, cifar_batch):
+    images, labels = cifar_batch[0][:16], cifar_batch[1][:16]
+    torch.manual_seed(5)
+    adv = PixelAG(resnet18, eps=1 / 255, eps_low=1 / 255, alpha=0.5 / 255, steps=5, keep="misclassified")(images,
+                                                                                                        labels)
+    torch.manual_seed(5)
+    last = torchattacks.PGD(resnet18, eps=1 / 255, alpha=0.5 / 255, steps=5)(images, labels)
+    with torch.no_grad():
+        assert (resnet18(adv).argmax(1) == labels).sum() <= (resnet18(last).argmax(1) == labels).sum()
+
+
+def test_gaussian_start_is_the_official_mart_start(tiny_model, cifar_batch):
+    """start="gaussian" with CE: x + 0.001 N(0, 1), then the steps (the official MART inner loop)."""
+    images, labels = cifar_batch
+    torch.manual_seed(2)
+    ours = PixelAG(tiny_model, eps_low=EPS, steps=3, start="gaussian")(images, labels)
+    torch.manual_seed(2)
+    x = images + 0.001 * torch.randn_like(images)
+    for _ in range(3):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(tiny_model(x), labels), x)
+        x = torch.min(torch.max(x.detach() + ALPHA * grad.sign(), images - EPS), images + EPS).clamp(0, 1)
+    assert torch.allclose(ours, x, atol=1e-7)
+
+
+def test_background_inverts_the_cam_budget(resnet18, cifar_batch):
+    images, labels = cifar_batch[0][:8], cifar_batch[1][:8]
+    important = budget_map(cam_maps(resnet18, images), 1.0, 0.0) == 1.0
+    attack = PixelAG.background(resnet18, steps=1)
+    budget = attack.budget(images)
+    assert torch.equal(budget == 8 / 255, important.expand_as(budget))
+    assert torch.equal(budget == 12 / 255, ~important.expand_as(budget))

@@ -467,7 +467,7 @@ def test_each_fit_starts_a_new_history(new_model, train_data, tmp_path):
     x, y = train_data[0][:32], train_data[1][:32]
     trainer = make_trainer(new_model(), "at", steps=1, checkpoint_dir=str(tmp_path))
     trainer.fit(x, y, batch_size=32, nb_epochs=2)
-    trainer.fit(x, y, batch_size=32, nb_epochs=1)
+    trainer.fit(x, y, batch_size=32, nb_epochs=1, overwrite=True)  # a second run into the same folder, as asked
     assert [r["epoch"] for r in trainer.history] == [1]
     assert [r["epoch"] for r in read_log(tmp_path)] == [1]
 

@@ -11,7 +11,11 @@ from torchattacks.attack import Attack
 
 from .budget import RULES, budget_from_mask, degenerate_maps, important_pixels
 from .cam import CAM_METHODS, compute_maps, layer_candidates
-from .checks import check_budget, check_budget_params, check_choice, check_images, check_labels, check_steps
+from .checks import (check_budget, check_budget_params, check_choice, check_images, check_labels, check_module,
+                     check_steps)
+
+#: Where an attack puts its full ``eps``: PART's important pixels, or the rest (the background attacks).
+FULL_EPS_ON = ("important", "background")
 
 
 class PixelBudgetAttack(Attack):
@@ -28,13 +32,18 @@ class PixelBudgetAttack(Attack):
     :param cam: CAM method (see :data:`~torchattacks_part.cam.CAM_METHODS`).
     :param target_layer: CAM target layer: module, dotted name or None (last convolutional block).
     :param rule: how the CAM becomes a budget, see :mod:`torchattacks_part.budget`.
+    :param full_eps_on: "important" (PART: ``eps`` on the CAM's important pixels) or "background" (the inverse:
+        ``eps`` on the other pixels, ``eps_low`` on the important ones; an attack aimed at what PART gives up).
     """
 
-    def __init__(self, name, model, eps, eps_low, alpha, steps, random_start, cam, target_layer, rule):
+    def __init__(self, name, model, eps, eps_low, alpha, steps, random_start, cam, target_layer, rule,
+                 full_eps_on="important"):
+        check_module("model", model)
         eps, eps_low, alpha = check_budget_params(eps, eps_low, alpha)
         check_steps("steps", steps)
         check_choice("cam", cam, CAM_METHODS)
         check_choice("rule", rule, RULES)
+        check_choice("full_eps_on", full_eps_on, FULL_EPS_ON)
         if not isinstance(random_start, bool):
             raise ValueError(f"random_start must be True or False, got {random_start!r}")
         # Resolved once, and now: no layer for the CAM fails here, not mid-batch.
@@ -43,8 +52,10 @@ class PixelBudgetAttack(Attack):
         self.eps, self.eps_low, self.alpha, self.steps = eps, eps_low, alpha, steps
         self.random_start = random_start
         self.cam, self.target_layer, self.rule = cam, target_layer, rule
+        self.full_eps_on = full_eps_on
         self._cam_layers = cam_layers
-        #: Number of degenerate CAMs (given eps everywhere) in the last call, a 0-dim tensor on the model's device.
+        #: Number of degenerate CAMs (given eps everywhere) in the last call, a 0-dim int64 tensor on the model's
+        #: device (read it with ``int(...)``, which syncs once).
         self.last_degenerate = None
         #: Fraction of entries that got the full eps in the last call, a 0-dim tensor.
         self.last_important_fraction = None
@@ -74,9 +85,16 @@ class PixelBudgetAttack(Attack):
         """
         if self._cam_layers is None:
             self._cam_layers = layer_candidates(self.model, self.target_layer)
-        cams = compute_maps(self.model, self._model_input(images), self._cam_layers, self.cam)
-        self.last_degenerate = degenerate_maps(cams).sum()
-        return important_pixels(cams, self.rule)
+        # The released "jet" rule resizes the layer-resolution map itself (PIL's bicubic); the others take ours.
+        cams = compute_maps(self.model, self._model_input(images), self._cam_layers, self.cam,
+                            resize=self.rule != "jet")
+        degenerate = degenerate_maps(cams)
+        self.last_degenerate = degenerate.sum()
+        important = important_pixels(cams, self.rule, size=images.shape[-2:])
+        if self.full_eps_on == "background":
+            # A degenerate map marks every entry important; inverted it would give eps_low everywhere: keep eps.
+            important = ~important | degenerate.view(-1, 1, 1, 1)
+        return important
 
     def budget_from(self, important, dtype=torch.float32):
         """Budgets from an importance mask: ``eps`` where True, ``eps_low`` elsewhere. Sets the important fraction."""
@@ -87,7 +105,7 @@ class PixelBudgetAttack(Attack):
     def budget(self, images):
         """The per-entry budget of ``images`` (B, C, H, W) in [0, 1]: (B, 1, H, W), or (B, 3, H, W) for rule "jet"."""
         if not self.uses_cam:
-            self.last_degenerate = torch.zeros((), device=images.device)
+            self.last_degenerate = torch.zeros((), dtype=torch.long, device=images.device)
             return self.budget_from(torch.ones_like(images[:, :1], dtype=torch.bool), images.dtype)
         return self.budget_from(self.important(images), images.dtype)
 
@@ -105,7 +123,7 @@ class PixelBudgetAttack(Attack):
             budget = self.budget(images)
         else:
             budget = check_budget(budget, images)
-            self.last_degenerate = torch.zeros((), device=images.device)
+            self.last_degenerate = torch.zeros((), dtype=torch.long, device=images.device)
             self.last_important_fraction = (budget >= self.eps).float().mean()
         return self.perturb(images, labels, budget)
 

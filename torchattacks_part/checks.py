@@ -1,18 +1,23 @@
 """Input validation shared by every entry point.
 
-Each check raises ``ValueError`` naming the offending parameter and the allowed values, and runs before any model
-work, so a bad call fails fast and says what to change.
+Each check raises ``ValueError`` (a bad value) or ``TypeError`` (an object of the wrong kind) naming the offending
+parameter and the allowed values, and runs before any model work, so a bad call fails fast and says what to change.
 """
 
+import math
 from numbers import Real
 
 import torch
+import torch.nn as nn
 
 
 def check_number(name, value, *, minimum=0.0, inclusive=True):
-    """Require a real number ``>= minimum`` (or ``> minimum`` when ``inclusive`` is False)."""
-    if isinstance(value, bool) or not isinstance(value, Real) or value != value:
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+    """Require a finite real number ``>= minimum`` (or ``> minimum`` when ``inclusive`` is False).
+
+    NaN and infinities are refused: an infinite budget or step gives all-NaN images or fails later inside torch.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
     if value < minimum or (not inclusive and value == minimum):
         bound = ">=" if inclusive else ">"
         raise ValueError(f"{name} must be {bound} {minimum}, got {value!r}")
@@ -23,6 +28,21 @@ def check_steps(name, value):
     """Require an integer ``>= 1``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_module(name, value):
+    """Require a ``torch.nn.Module`` (a model), not a function, None or a name."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (the classifier returning logits), "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def check_generator(name, value):
+    """Require None or a ``torch.Generator``."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__}")
     return value
 
 
@@ -63,8 +83,11 @@ def check_images(images, unit_range=True, slack=0.0):
 
 def check_labels(labels, batch_size, num_classes=None, name="labels"):
     """Integer class indices of shape (N,) in [0, num_classes)."""
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"{name} must be an integer tensor of shape ({batch_size},), got {labels!r:.80}")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        got = f"dtype {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name} must be an integer tensor of class indices of shape ({batch_size},) (not bool), "
+                         f"got {got}")
     if tuple(labels.shape) != (batch_size,):
         raise ValueError(f"{name} must have shape ({batch_size},) to match the images, got {tuple(labels.shape)}")
     lo, hi = int(labels.min()), int(labels.max())

@@ -32,6 +32,35 @@ def project(adv_images, images, budget):
     return torch.clamp(images + delta, min=0, max=1)
 
 
+class FirstMisclassified:
+    """Per image, the first iterate the model misclassifies: AutoAttack's ``x_best_adv``.
+
+    An evaluation attack is scored at full strength when an image counts as broken as soon as ANY iterate (the
+    start included) breaks it; PGD's last iterate can end on the correct side of a boundary an earlier iterate had
+    crossed. :meth:`observe` takes each iterate with the logits the attack computed for its gradient anyway, so
+    tracking costs one extra forward pass (the final iterate's), and everything stays on the device.
+    """
+
+    def __init__(self, labels):
+        self.labels = labels
+        self.broken = None  # (B,) bool: some iterate so far was misclassified
+        self.images = None  # the first misclassified iterate of each broken image
+
+    def observe(self, adv_images, logits):
+        adv_images = adv_images.detach()
+        wrong = logits.detach().argmax(dim=1) != self.labels
+        if self.images is None:
+            self.images, self.broken = adv_images.clone(), wrong
+            return
+        new = (wrong & ~self.broken).view(-1, *([1] * (adv_images.dim() - 1)))
+        self.images = torch.where(new, adv_images, self.images)
+        self.broken = self.broken | wrong
+
+    def result(self, last):
+        """The first misclassified iterate of each broken image, ``last`` for the others."""
+        return torch.where(self.broken.view(-1, *([1] * (last.dim() - 1))), self.images, last)
+
+
 def ascend(objective, images, start, budget, alpha, steps):
     """``steps`` projected sign-gradient ascent steps on ``objective`` from ``start``.
 
