@@ -4,10 +4,10 @@
 so any step (or the whole chain) can be killed and started again.
 """
 
-import json
 import os
 
 from . import UsageError
+from .evaluate import read_json
 from .presets import experiment_runs, resolve
 from .train import MODEL_FILE, RUN_FILE, load_model, load_split, train_experiment
 
@@ -38,8 +38,7 @@ def trained_runs(out):
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         folder = os.path.join(root, name)
         if os.path.exists(os.path.join(folder, MODEL_FILE)) and os.path.exists(os.path.join(folder, RUN_FILE)):
-            with open(os.path.join(folder, RUN_FILE)) as f:
-                found.append((folder, json.load(f)))
+            found.append((folder, read_json(os.path.join(folder, RUN_FILE), "run.json")))
     found.sort(key=lambda item: (item[1].get("order", 0), item[1]["seed"]))
     return found
 
@@ -73,13 +72,26 @@ def suite_attacks(preset, dataset, attacks=None):
         raise UsageError(str(error)) from None
 
 
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_folder(out, path, model):
+    """Where a loose checkpoint's evaluation goes: ``<out>/checkpoints/<file stem>-<weights digest>/``, so two
+    checkpoints never share an eval.json and ``compare --out`` finds them."""
+    from .fingerprint import weights_digest
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(out, CHECKPOINTS_DIR, f"{stem}-{weights_digest(model)[:8]}")
+
+
 def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
                  model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
                  cache_dir=None, seed=0):
     """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
-    models, each into its own ``eval.json``."""
+    models, each into its own ``eval.json``: a run's in its folder, a loose checkpoint's under
+    ``<out>/checkpoints/``, a zoo model's under ``<out>/zoo/``."""
     from .demo import resolve_device
-    from .evaluate import evaluate_model
+    from .evaluate import evaluate_model, parse_attack
 
     settings = resolve(preset, dataset)
     attacks = suite_attacks(preset, dataset, attacks)
@@ -87,11 +99,23 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
     n = n or settings["n_test"]
     batch_size = batch_size or settings["eval_batch_size"]
     cache_dir = cache_dir or os.path.join(out, "data")
-    images, labels = load_split(dataset, data_dir, train=False, n=n)
+    for path, option in ((out, "--out"), (cache_dir, "--cache-dir")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{option} {path}: is a file, not a folder")
     if "cifar10c" in " ".join(attacks) and dataset != "cifar10":
         raise UsageError("cifar10c-S attacks need --dataset cifar10")
-    if surrogate not in ("auto", "none") and not os.path.exists(surrogate):
+    if surrogate not in ("auto", "none") and not os.path.isfile(surrogate):
         raise UsageError(f"--surrogate {surrogate}: no such file (auto, none or a model.pt path)")
+    for path in checkpoints:
+        if not os.path.isfile(path):
+            raise UsageError(f"--checkpoint {path}: {'is a folder' if os.path.isdir(path) else 'no such file'}")
+    images, labels = load_split(dataset, data_dir, train=False, n=n)
+    if len(images) < n:
+        raise UsageError(f"--n {n}: the {dataset} test split has only {len(images)} images")
+    for spec in attacks:
+        name, subset = parse_attack(spec)
+        if subset is not None and subset > n:
+            raise UsageError(f"--attacks {spec}: more images than the {n} evaluated (--n)")
     runs = trained_runs(out)
     if not checkpoints and not zoo:
         checkpoints = [os.path.join(folder, MODEL_FILE) for folder, record in runs
@@ -99,17 +123,16 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
         if not checkpoints:
             raise UsageError(f"no trained {dataset} runs under {os.path.join(out, 'runs')}: run `part-bench train "
                              f"--preset {preset} --out {out}` first, or pass --checkpoint / --zoo")
-    for path in checkpoints:
-        if not os.path.exists(path):
-            raise UsageError(f"--checkpoint {path}: no such file")
     records = {os.path.abspath(os.path.join(f, MODEL_FILE)): r for f, r in runs}
     targets = []  # (folder, model, config, surrogate model)
     for path in checkpoints:
         model, saved = load_model(path, device)
+        record = records.get(os.path.abspath(path))
+        folder = os.path.dirname(path) if record is not None else checkpoint_folder(out, path, model)
         config = {"source": "ours", "label": saved.get("label", os.path.basename(os.path.dirname(path))),
                   "train_seed": saved.get("seed", 0), "dataset": dataset}
-        sur, config["surrogate"] = _surrogate(surrogate, records.get(os.path.abspath(path)), runs, dataset, device)
-        targets.append((os.path.dirname(path), model, config, sur))
+        sur, config["surrogate"] = _surrogate(surrogate, record, runs, dataset, device)
+        targets.append((folder, model, config, sur))
     for name in zoo:
         from .zoo import load_zoo_model
 
@@ -131,25 +154,37 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
     return results
 
 
-def cmd_compare(out, report_dir=None, title=None):
+def cmd_compare(out, report_dir=None, title=None, model_info=None):
+    """Write the comparison (``benchmarks.report.write_reports``) and print it; ``model_info``: RobustBench's
+    model_info folder, checked before any work."""
+    from .leaderboard import check_model_info_dir
     from .report import write_reports
 
-    rows, text = write_reports(out, report_dir, title or f"Comparison ({out})")
+    if model_info is not None:
+        check_model_info_dir(model_info)
+    rows, text = write_reports(out, report_dir, title or f"Comparison ({out})", model_info=model_info)
     if not rows:
         raise UsageError(f"no evaluations under {out}: run `part-bench evaluate --out {out}` first")
     print(text)
     where = report_dir or os.path.join(out, "report")
     print(f"[compare] wrote comparison.md, comparison.json and comparison.csv to {where}")
+    ours = [r for r in rows if r["kind"] == "ours"]
+    if ours:
+        print(f"[compare] wrote {len(ours)} RobustBench leaderboard entr{'y' if len(ours) == 1 else 'ies'} to "
+              f"{os.path.join(where, 'leaderboard')}")
     return rows
 
 
 def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
-    """Trade-off scatter, eps_low sweep when run, GradCAM grid of every trained label (first seed) on the same test
-    images, and the CIFAR-10-C grid of the first of them."""
+    """Trade-off scatter, eps_low sweep when run, paired differences (PART variants against their baselines, else
+    every pair of models evaluated on the same images) when per-image outcomes were saved, GradCAM grid of every
+    trained label (first seed) on the same test images, and the CIFAR-10-C grid of the first of them."""
     from . import figures
     from .demo import resolve_device
-    from .report import aggregate, collect
+    from .report import aggregate, collect, figure_comparisons
 
+    if report_dir is not None and os.path.exists(report_dir) and not os.path.isdir(report_dir):
+        raise UsageError(f"--report-dir {report_dir}: is a file, not a folder")
     report_dir = report_dir or os.path.join(out, "report")
     rows = aggregate(collect(out))
     written = []
@@ -158,6 +193,10 @@ def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
         sweep = [r for r in rows if r["spec"] and r["kind"] == "ours"]
         if len({r["spec"]["eps_low"] for r in sweep if r["spec"]["method"] == "part"}) > 1:
             written.append(figures.eps_low_sweep(os.path.join(report_dir, "eps_low_sweep.png"), sweep))
+        comparisons = figure_comparisons(rows)
+        if comparisons:
+            written.append(figures.paired_differences(os.path.join(report_dir, "paired_differences.png"),
+                                                      comparisons))
     runs = trained_runs(out)
     if runs:
         firsts = {}  # label -> folder of its first run (runs come in the experiment's order)
@@ -175,6 +214,9 @@ def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
             path = os.path.join(report_dir, "cifar10c.png")
             corruption_grid(path, to_uint8_nhwc(images[:1]))
             written.append(path)
+    if not written:
+        raise UsageError(f"nothing to draw under {out}: no evaluations and no trained runs; run `part-bench train` / "
+                         f"`part-bench evaluate --out {out}` first")
     for path in written:
         print(f"[figures] wrote {path}", flush=True)
     return written

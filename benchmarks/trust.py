@@ -18,8 +18,13 @@ images; a "failed" check means the PGD accuracies reported for that model should
 ``increasing_eps``   a larger distortion bound gives a stronger attack: PGD accuracy at eps, 2 eps, 4 eps and 8 eps
                      (8, 16, 32, 64 / 255 at the paper's eps; capped at 1) must not increase.
 
-Every PGD is ``torchattacks.PGD`` (an implementation independent of this project): ``steps`` steps, uniform random
-start, step size :func:`step_size` (2/255 at the paper's eps = 8/255 and 20 steps). The one-step attack is
+Every PGD runs ``torchattacks.PGD``'s arithmetic: ``steps`` steps, uniform random start, step size
+:func:`step_size` (2/255 at the paper's eps = 8/255 and 20 steps). A white-box PGD is scored at full strength, as
+the evaluation suite scores it: an image counts as broken when ANY iterate (the start included) is misclassified
+(:class:`torchattacks_part.PixelAG` with a uniform budget and ``keep="misclassified"``, whose iterates are
+``torchattacks.PGD``'s, tested). Scoring only the last iterate made ``random_sampling`` fail on models with tiny
+margins: PGD's last iterate can end on the right side of a boundary that its own random start had crossed. The
+transfer attack sends the surrogate's last iterate (``torchattacks.PGD`` itself). The one-step attack is
 ``torchattacks.FGSM``. The global torch seed is set to ``seed`` before each attack (and before the random sampling),
 so a run is reproducible and each PGD accuracy equals that of ``torch.manual_seed(seed)`` followed by the same
 ``torchattacks.PGD`` over the same batches. The caller's random state is restored afterwards (``fork_rng``).
@@ -40,6 +45,7 @@ import torch.nn as nn
 import torchattacks
 from tqdm.auto import tqdm
 
+from torchattacks_part import PixelAG
 from torchattacks_part.checks import check_images, check_labels, check_number, check_steps
 
 __all__ = ["CHECKS", "STATUSES", "failed_checks", "format_trust_markdown", "step_size", "trust_checks"]
@@ -280,7 +286,9 @@ def _attack_correct(model, attacked, images, labels, eps, steps, batch_size, dev
     src = device if attacked is model else _device_of(attacked)
     if steps == 0:
         attack = torchattacks.FGSM(attacked, eps=eps)
-    else:
+    elif attacked is model:  # white box, at full strength: broken when any iterate is misclassified
+        attack = PixelAG(model, eps=eps, eps_low=eps, alpha=step_size(eps, steps), steps=steps, keep="misclassified")
+    else:  # transfer: the surrogate's last iterate, as a black-box attacker would send it
         attack = torchattacks.PGD(attacked, eps=eps, alpha=step_size(eps, steps), steps=steps, random_start=True)
     torch.manual_seed(seed)
     out = []

@@ -34,7 +34,8 @@ def test_run_trains_evaluates_compares_and_draws(smoke_run, capsys):
         assert [e["epoch"] for e in log] == [1, 2]
         stored = json.loads((folder / "eval.json").read_text())
         assert set(ATTACKS) <= set(stored["results"]) and stored["partial"] == {}
-        assert stored["config"]["n"] == 24
+        assert stored["results"]["natural"]["n"] == 24 and stored["results"]["pgd-last-3"]["n"] == 24
+        assert stored["results"]["pgd-3"]["correct"] <= stored["results"]["pgd-last-3"]["correct"]
         assert stored["results"]["aa"]["accuracy"] <= stored["results"]["natural"]["accuracy"]
         assert len(stored["results"]["cifar10c-1"]["per_corruption"]) == 19
         checks = {c["check"] for c in stored["results"]["trust"]["checks"]}
@@ -64,21 +65,69 @@ def test_run_again_redoes_nothing(smoke_run, capsys, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.pt")} == before
 
 
-def test_evaluate_a_checkpoint_by_path(smoke_run, data_dir, tmp_path):
+def test_evaluate_checkpoints_by_path(smoke_run, data_dir, tmp_path, capsys):
+    """Loose checkpoints: results under --out, one folder per checkpoint (two in one folder never share results),
+    and compare finds them."""
     out, _ = smoke_run
-    checkpoint = out / "runs" / "cifar10-tiny-at-seed0" / "model.pt"
-    copy = tmp_path / "mine" / "model.pt"
-    copy.parent.mkdir()
-    copy.write_bytes(checkpoint.read_bytes())
-    assert main(["evaluate", "--data-dir", data_dir, "--out", str(tmp_path), "--checkpoint", str(copy), "--n", "16",
-                 "--attacks", "natural", "--no-progress", "--surrogate", "none"]) == 0
-    result = json.loads((copy.parent / "eval.json").read_text())["results"]["natural"]
-    model, _ = load_model(str(copy))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, run in (("a.pt", "cifar10-tiny-at-seed0"), ("b.pt", "cifar10-tiny-part-s-1-seed0")):
+        (mine / name).write_bytes((out / "runs" / run / "model.pt").read_bytes())
+    results = tmp_path / "results"
+    assert main(["evaluate", "--data-dir", data_dir, "--out", str(results), "--checkpoint", str(mine / "a.pt"),
+                 str(mine / "b.pt"), "--n", "16", "--attacks", "natural", "--no-progress", "--surrogate", "none"]) == 0
+    folders = sorted((results / "checkpoints").iterdir())
+    assert [f.name.split("-")[0] for f in folders] == ["a", "b"] and not list(mine.glob("*.json"))
     from benchmarks.data import load_cifar10
 
     x, y = load_cifar10(data_dir, n=16, download=False)
-    with torch.no_grad():
-        assert result["correct"] == int((model(x).argmax(1) == y).sum())
+    for folder, name in zip(folders, ("a.pt", "b.pt")):
+        model, _ = load_model(str(mine / name))
+        with torch.no_grad():
+            expected = int((model(x).argmax(1) == y).sum())
+        assert json.loads((folder / "eval.json").read_text())["results"]["natural"]["correct"] == expected
+    capsys.readouterr()
+    assert main(["compare", "--out", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert "| AT | 1 |" in table and "| PART (s=1) | 1 |" in table
+
+
+def _text(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: _text(d / "notes.pt", "not a checkpoint"), "not a readable weights-only torch file"),
+    (lambda d: d, "is a folder"),
+    (lambda d: d / "missing.pt", "no such file"),
+    (lambda d: (torch.save({"model": {}, "epoch": 1}, d / "last.pt"), d / "last.pt")[1], "trainer checkpoint"),
+    (lambda d: (torch.save(torch.nn.Linear(2, 2).state_dict(), d / "sd.pt"), d / "sd.pt")[1], "bare state_dict"),
+    (lambda d: (torch.save({"arch": "resnet18", "num_classes": 10, "state_dict": torch.nn.Linear(2, 2).state_dict()},
+                           d / "other.pt"), d / "other.pt")[1], "do not fit a resnet18"),
+    (lambda d: (_text(d / "half.pt", ""), d / "half.pt")[1], "not a readable"),
+])
+def test_a_bad_checkpoint_is_one_line(make, message, data_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = make(folder)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--data-dir", data_dir, "--out", str(tmp_path / "out"), "--checkpoint", str(path),
+              "--attacks", "natural", "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert "weights_only=False" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [(["--n", "20000"], "has only 10000"),
+                                            (["--n", "8", "--attacks", "aa@9"], "more images")])
+def test_more_images_than_there_are_is_refused(smoke_run, extra, message, data_dir, tmp_path, capsys):
+    out, _ = smoke_run
+    checkpoint = out / "runs" / "cifar10-tiny-at-seed0" / "model.pt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--data-dir", data_dir, "--out", str(tmp_path), "--attacks", "natural", "--checkpoint",
+              str(checkpoint), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
