@@ -220,3 +220,67 @@ def cam_comparison_grid(path, models, images, labels, class_names=None, dpi=150)
         fig.colorbar(cam_image, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.01, label="GradCAM")
     return save_figure(fig, path, dpi=dpi)
 
+
+
+def paired_differences(path, comparisons, title=None, dpi=150):
+    """Paired differences between models on the same test images: one panel per comparison (second - first, e.g.
+    PART - AT), one line per attack: the difference pooled over seeds, in points, with its 95% interval
+    (Newcombe's, :mod:`benchmarks.statistics`) as error bars, the per-seed differences as small open circles, a zero
+    line, and n, seeds and the McNemar p written beside each line. Lines whose interval excludes 0 are drawn in
+    colour, the others in grey.
+
+    :param comparisons: list of {"first": label, "second": label, "entries": [...]} with the entries of
+        :func:`benchmarks.report.add_statistics` (``row["paired"]`` items; those without a pooled result are left
+        out).
+    :return: ``path``.
+    """
+    from .report import p_text, points
+
+    panels = [(c, [e for e in c["entries"] if e.get("pooled")]) for c in comparisons]
+    panels = [(c, entries) for c, entries in panels if entries]
+    if not panels:
+        raise ValueError("paired_differences: no comparison with a pooled result")
+    columns = 1 if len(panels) < 4 else 2
+    rows = -(-len(panels) // columns)
+    tallest = max(len(entries) for _, entries in panels)
+    fig = Figure(figsize=(7.6 * columns, rows * (0.42 * tallest + 1.3) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax, (comparison, entries) in zip(axes, panels):
+        ys = np.arange(len(entries))[::-1]
+        seeds_all = sorted({s for e in entries for s in e["pooled"]["seeds"]})
+        for y, entry in zip(ys, entries):
+            pooled = entry["pooled"]
+            colour = "#1f5fa8" if pooled["distinguishable"] else "#8c8c8c"
+            mid, low, high = 100 * pooled["difference"], 100 * pooled["low"], 100 * pooled["high"]
+            ax.errorbar(mid, y, xerr=[[mid - low], [high - mid]], fmt="o", color=colour, ecolor=colour,
+                        elinewidth=2, capsize=4, markersize=6, zorder=3)
+            if len(entry["seeds"]) > 1:
+                ax.plot([100 * d["difference"] for d in entry["seeds"]], [y - 0.22] * len(entry["seeds"]), "o",
+                        mfc="none", mec=colour, markersize=4, alpha=0.8, zorder=2)
+            p = p_text(pooled["p"])
+            ax.annotate(f"{points(pooled['difference'])} [{points(pooled['low'])}, {points(pooled['high'])}]  "
+                        f"p {p if p.startswith('<') else '= ' + p}", xy=(1.0, y), xycoords=("axes fraction", "data"),
+                        xytext=(6, 0), textcoords="offset points", va="center", fontsize=8, color=colour)
+        ns = [entry["seeds"][0]["n"] if len({d["n"] for d in entry["seeds"]}) == 1 else None for entry in entries]
+        ax.set_yticks(ys, [f"{entry['label']}\nn = {n} × {len(entry['seeds'])}" if n is not None and
+                           len(entry["seeds"]) > 1 else f"{entry['label']}\nn = {entry['pooled']['n']}"
+                           for entry, n in zip(entries, ns)], fontsize=8)
+        ax.axvline(0, color="black", linewidth=1, zorder=1)
+        ax.set_ylim(-0.7, len(entries) - 0.3)
+        lo = min(100 * e["pooled"]["low"] for e in entries)
+        hi = max(100 * e["pooled"]["high"] for e in entries)
+        lo = min(lo, *(100 * d["difference"] for e in entries for d in e["seeds"]), 0)
+        hi = max(hi, *(100 * d["difference"] for e in entries for d in e["seeds"]), 0)
+        pad = 0.08 * (hi - lo or 1)
+        ax.set_xlim(lo - pad, hi + pad)
+        seeds_text = f"seed {seeds_all[0]}" if len(seeds_all) == 1 else "seeds " + ", ".join(map(str, seeds_all))
+        ax.set_title(f"{comparison['second']} \u2212 {comparison['first']}  ({seeds_text})", fontsize=10)
+        ax.set_xlabel("accuracy difference (points), pooled over seeds, with Newcombe's 95% CI; p: exact McNemar"
+                      + ("\nopen circles: single seeds" if len(seeds_all) > 1 else ""), fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Paired differences on the same test images (blue: interval excludes 0)", fontsize=11)
+    return save_figure(fig, path, dpi=dpi)
