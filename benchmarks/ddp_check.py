@@ -44,7 +44,7 @@ def main(argv=None):
     x, y = load_cifar10(args.data_dir, train=True, n=args.samples, download=False)
     trainer = AdversarialTrainerPARTPyTorch(classifier, method=args.method, burn_in=1, mask_refresh=args.mask_refresh,
                                             steps=3, checkpoint_dir=args.out, verbose=rank == 0)
-    trainer.fit(x.numpy(), y.numpy(), batch_size=32, nb_epochs=args.epochs)
+    trainer.fit(x.numpy(), y.numpy(), batch_size=32, nb_epochs=args.epochs, overwrite=True)  # a fresh check each time
     torch.save(model.state_dict(), os.path.join(args.out, f"weights.rank{rank}.pt"))
     if rank == 0:
         print(trainer.history[-1])

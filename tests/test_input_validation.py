@@ -397,3 +397,14 @@ def test_pytorch_data_generator_errors_name_the_generator(new_model, data):
     loader = loader_of(torch.from_numpy(x * 255), torch.from_numpy(y))
     with pytest.raises(ValueError, match=r"generator.*\[0, 1\]"):
         make_trainer(new_model()).fit_generator(PyTorchDataGenerator(loader, size=64, batch_size=32), nb_epochs=1)
+
+
+def test_generator_arguments_of_the_math_are_checked():
+    import torchattacks_part as tp
+
+    cams = torch.rand(2, 8, 8)
+    with pytest.raises(TypeError, match="generator"):
+        tp.budget_map(cams, 8 / 255, 4 / 255, rule="random", generator=3)
+    with pytest.raises(TypeError, match="generator"):
+        tp.auto_pgd(lambda x: x.flatten(1)[:, :3], lambda z, y: z[:, 0], torch.rand(2, 3, 4, 4),
+                    torch.zeros(2, dtype=torch.long), 0.1, steps=2, generator=3)

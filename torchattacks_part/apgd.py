@@ -23,7 +23,7 @@ from collections import namedtuple
 
 import torch
 
-from .checks import check_number, check_steps
+from .checks import check_generator, check_number, check_steps
 
 #: Momentum of the update (the paper's alpha) and the oscillation threshold rho, as in AutoAttack.
 MOMENTUM = 0.75
@@ -103,6 +103,7 @@ def auto_pgd(logits_fn, loss_fn, images, labels, budget, steps, start=None, gene
     :return: :data:`APGDResult` ``(x_best, loss_best, x_best_adv, robust)``, detached.
     """
     steps = check_steps("steps", steps)
+    check_generator("generator", generator)
     rho = check_number("rho", rho)
     momentum = check_number("momentum", momentum)
     if momentum > 1:

@@ -33,7 +33,7 @@ from numbers import Integral
 import torch
 
 from .cam import postprocess
-from .checks import check_budget_params, check_choice
+from .checks import check_budget_params, check_choice, check_generator
 
 RULES = ("cam", "jet", "random")
 QUARTERS = ("ul", "ur", "bl", "br")
@@ -232,6 +232,7 @@ def important_pixels(cams, rule="cam", generator=None, size=None):
     Degenerate maps mark every entry important (full eps).
     """
     check_choice("rule", rule, RULES)
+    check_generator("generator", generator)
     cams = _check_maps(cams)
     size = _check_size(size, cams)
     degenerate = degenerate_maps(cams).view(-1, 1, 1, 1)
