@@ -14,6 +14,13 @@ def trades_kl(logits_adv, probs_natural):
     return F.kl_div(F.log_softmax(logits_adv, dim=1), probs_natural, reduction="sum")
 
 
+def top_wrong_classes(logits, labels, k):
+    """MMA's targets: the ``k`` wrong classes with the largest logits, (N, k), most likely first."""
+    if k > logits.shape[1] - 1:
+        raise ValueError(f"k must be in [1, num_classes - 1] = [1, {logits.shape[1] - 1}], got {k}")
+    return logits.scatter(1, labels[:, None], float("-inf")).topk(k, dim=1).indices
+
+
 def minimum_margin(logits, labels, targets, kappa):
     """MMA's objective (Gao et al., ICML 2022): ``-sum max(z_y - z_t + kappa, 0)`` for one target class t per image.
 

@@ -2,7 +2,7 @@ import torch
 
 from .attack import PixelBudgetAttack
 from .checks import check_number, check_steps
-from .losses import minimum_margin
+from .losses import minimum_margin, top_wrong_classes
 from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW
 from .step import ascend, uniform_start
 
@@ -63,10 +63,7 @@ class MMA(PixelBudgetAttack):
         n, k = images.shape[0], self.k
         with torch.no_grad():
             logits = self.get_logits(images)
-        if k > logits.shape[1] - 1:
-            raise ValueError(f"k must be in [1, num_classes - 1] = [1, {logits.shape[1] - 1}], got {k}")
-        wrong = logits.scatter(1, labels[:, None], float("-inf"))
-        targets = wrong.topk(k, dim=1).indices  # (N, k), most likely wrong class first
+        targets = top_wrong_classes(logits, labels, k)  # (N, k), most likely wrong class first
         start = uniform_start(images, budget, self.eps) if self.random_start else images
 
         # All k targets at once: row j * N + i is image i attacked towards its j-th target.

@@ -24,6 +24,7 @@ import torch
 from .apgd import auto_pgd
 from .attack import PixelBudgetAttack
 from .checks import check_number, check_steps
+from .losses import top_wrong_classes
 from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW
 
 
@@ -120,9 +121,7 @@ class MMAEval(PixelBudgetAttack):
         n, k = images.shape[0], self.k
         with torch.no_grad():
             logits = self.get_logits(images)
-        if k > logits.shape[1] - 1:
-            raise ValueError(f"k must be in [1, num_classes - 1] = [1, {logits.shape[1] - 1}], got {k}")
-        targets = logits.scatter(1, labels[:, None], float("-inf")).topk(k, dim=1).indices  # most likely first
+        targets = top_wrong_classes(logits, labels, k)  # (N, k), most likely first
         robust = logits.argmax(1) == labels
         view = (-1,) + (1,) * (images.dim() - 1)
         adv = images.clone()
