@@ -1,18 +1,25 @@
-"""Models of the paper: the CIFAR ResNet-18 and the TRADES/MART WideResNet-34-10, plus a tiny CNN for smoke runs.
+"""Models of the paper: the CIFAR ResNet-18 and the TRADES/MART WideResNet-34-10, plus a tiny CNN for smoke runs,
+and CIFAR-sized Vision Transformers (timm) for PART on a ViT.
 
 Inputs are images in [0, 1] with no normalisation layer, as in the paper and the authors' code. Build one with
-:func:`build_model` (``"tiny"``, ``"resnet18"``, ``"wrn-34-10"``) or the named constructors.
+:func:`build_model` (``"tiny"``, ``"resnet18"``, ``"wrn-34-10"``, ``"vit-cifar"``, ``"vit-tiny-test"``) or the named
+constructors.
 
-CAM target layers (``CAM_LAYERS``; what :func:`torchattacks_part.cam_maps` picks with ``target_layer=None``, the
-layers the PART authors used):
+CAM target layers (``CAM_LAYERS``; what :func:`torchattacks_part.cam_maps` picks with ``target_layer=None``: for the
+CNNs the layers the PART authors used, for the ViTs the last block's first norm, as pytorch-grad-cam recommends):
 
-============  ============  =========================  ==========================================================
-model         layer         feature map on 32x32       on 64x64 (TinyImageNet)
-============  ============  =========================  ==========================================================
-resnet18      ``layer4``    512 x 4 x 4                512 x 8 x 8
-wrn-34-10     ``block3``    640 x 8 x 8                640 x 16 x 16 (both before the final BN + ReLU)
-tiny          ``features``  32 x 8 x 8                 32 x 16 x 16
-============  ============  =========================  ==========================================================
+=============  ==================  ==============================  =================================================
+model          layer               feature map on 32x32            on 64x64 (TinyImageNet)
+=============  ==================  ==============================  =================================================
+resnet18       ``layer4``          512 x 4 x 4                     512 x 8 x 8
+wrn-34-10      ``block3``          640 x 8 x 8                     640 x 16 x 16 (both before the final BN + ReLU)
+tiny           ``features``        32 x 8 x 8                      32 x 16 x 16
+vit-cifar      ``blocks.5.norm1``  65 tokens x 192 -> 192 x 8 x 8  32x32 only (fixed position embedding)
+vit-tiny-test  ``blocks.1.norm1``  17 tokens x 32 -> 32 x 4 x 4    32x32 only
+=============  ==================  ==============================  =================================================
+
+The ViTs' CAM layer outputs tokens (class token + patch tokens); :mod:`torchattacks_part.cam` drops the class token
+and lays the patch tokens out on the patch grid, as pytorch-grad-cam's ViT ``reshape_transform`` does.
 
 Both paper networks end in a global average pool (``adaptive_avg_pool2d``), so they also take 64x64 inputs; on 32x32
 that is exactly the fixed 4x4 / 8x8 pool of the original code, and the state-dict keys are the original ones.
@@ -25,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["CAM_LAYERS", "MODELS", "ResNet", "TinyCNN", "WideResNet", "build_model", "pretrained_resnet18",
-           "resnet18", "wide_resnet34_10"]
+           "resnet18", "vit_cifar", "vit_tiny_test", "wide_resnet34_10"]
 
 
 # ----------------------------------------------------------------------------------------------------- ResNet-18
@@ -205,17 +212,44 @@ def tiny_cnn(num_classes=10):
     return TinyCNN(num_classes)
 
 
+# ----------------------------------------------------------------------------------------------------- ViT
+
+
+def _cifar_vit(num_classes, patch_size, embed_dim, depth, num_heads, mlp_ratio):
+    # timm's class itself (not timm.create_model): nothing pretrained, nothing downloaded.
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=patch_size, in_chans=3, num_classes=num_classes,
+                             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                             class_token=True, global_pool="token")
+
+
+def vit_cifar(num_classes=10):
+    """ViT for 32x32 inputs (DeiT-Tiny width): patch 4 (8x8 grid + class token), dim 192, depth 6, 3 heads, MLP x4;
+    2,693,578 parameters for 10 classes. CAM layer ``blocks.5.norm1`` (tokens -> 192x8x8)."""
+    return _cifar_vit(num_classes, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0)
+
+
+def vit_tiny_test(num_classes=10):
+    """A very small ViT for tests: patch 8 (4x4 grid + class token), dim 32, depth 2, 2 heads, MLP x2 (24,234
+    parameters for 10 classes). CAM layer ``blocks.1.norm1`` (tokens -> 32x4x4)."""
+    return _cifar_vit(num_classes, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
 # ----------------------------------------------------------------------------------------------------- registry
 
 #: name -> constructor(num_classes)
-MODELS = {"tiny": tiny_cnn, "resnet18": resnet18, "wrn-34-10": wide_resnet34_10}
+MODELS = {"tiny": tiny_cnn, "resnet18": resnet18, "wrn-34-10": wide_resnet34_10, "vit-cifar": vit_cifar,
+          "vit-tiny-test": vit_tiny_test}
 
 #: name -> dotted name of the CAM target layer (the one ``cam_maps(..., target_layer=None)`` picks).
-CAM_LAYERS = {"tiny": "features", "resnet18": "layer4", "wrn-34-10": "block3"}
+CAM_LAYERS = {"tiny": "features", "resnet18": "layer4", "wrn-34-10": "block3", "vit-cifar": "blocks.5.norm1",
+              "vit-tiny-test": "blocks.1.norm1"}
 
 
 def build_model(name, num_classes=10):
-    """A freshly initialised model by name: ``"tiny"``, ``"resnet18"`` or ``"wrn-34-10"``."""
+    """A freshly initialised model by name: one of ``MODELS`` (``"tiny"``, ``"resnet18"``, ``"wrn-34-10"``,
+    ``"vit-cifar"``, ``"vit-tiny-test"``)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

@@ -35,7 +35,7 @@ def feature_map(model, layer, x):
 
 
 def test_registry_matches_the_named_constructors():
-    assert set(MODELS) == set(CAM_LAYERS) == {"tiny", "resnet18", "wrn-34-10"}
+    assert set(MODELS) == set(CAM_LAYERS) == {"tiny", "resnet18", "wrn-34-10", "vit-cifar", "vit-tiny-test"}
     torch.manual_seed(1)
     a = bm.resnet18(num_classes=7)
     torch.manual_seed(1)

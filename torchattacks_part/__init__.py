@@ -6,6 +6,7 @@ The math lives here once (``cam``, ``budget``, ``step``, ``losses``); ``art_part
 from .apgd import auto_pgd
 from .budget import QUARTERS, RULES, budget_map, degenerate_maps, important_pixels, quadrant_mask
 from .cam import CAM_METHODS, cam_maps
+from .mixing import MixedClassifier
 from .mma import MMA
 from .mma_eval import MMAEval
 from .pixel_ag import ADAPTIVE_EPS, ADAPTIVE_EPS_LOW, PixelAG
@@ -16,6 +17,7 @@ __all__ = [
     "CAM_METHODS",
     "MMA",
     "MMAEval",
+    "MixedClassifier",
     "PixelAG",
     "QUARTERS",
     "RULES",
