@@ -15,7 +15,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 def _remove_failed_download(data_dir, created):
     """Undo what a failed download left: a partial archive (one whose md5 is not the official one) and the
     folders it created, when they are empty."""
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.cifar import CIFAR10  # the class itself, even where torchvision.datasets is patched
     from torchvision.datasets.utils import check_integrity
 
     partial = os.path.join(data_dir, CIFAR10.filename)
@@ -54,7 +54,7 @@ def _ensure_cifar10(data_dir, download, train):
 def _check_cifar10_file(path, name):
     """Refuse a CIFAR-10 batch whose md5 is not the official one (torchvision's list and ``check_integrity``):
     the batches are pickles, and unpickling a file of unknown origin can run code."""
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.cifar import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
     official = dict(CIFAR10.train_list + CIFAR10.test_list)[name]

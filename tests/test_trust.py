@@ -187,7 +187,8 @@ def test_reversed_gradient_model_fails_random_sampling(resnet18, cifar_batch):
                        checks=("random_sampling",), progress=False)
     sampling = _by_name(raw)["random_sampling"]
     assert sampling["status"] == "failed" and failed_checks(raw) == ["random_sampling"]
-    assert sampling["values"]["pgd_robust"] >= 15  # PGD, led away, breaks (almost) nothing
+    # PGD, led away, breaks almost nothing: only its random start (scored too, at full strength) breaks one or two.
+    assert sampling["values"]["pgd_robust"] >= 13
     assert sampling["values"]["found"] >= 3  # 6 or 7 of 16 here, whatever the seed
     assert "**FAILED**" in format_trust_markdown(raw)
 
