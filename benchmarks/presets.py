@@ -14,6 +14,13 @@ tiny-imagenet  WRN-34-10    .02  512    5e-4    2/255  crop + flip   80
 ``smoke`` keeps the recipe's shape at CPU scale: a tiny CNN, 5000 training and 500 test images, 10 epochs with a
 burn-in of 4; it shows the whole pipeline working in minutes, not the paper's numbers.
 
+``quick`` is the paper's ResNet-18 and attack (PGD-10, eps 8/255, alpha 2/255) on a schedule short enough for one
+call of the lent GPU machine (one H200, at most 10 minutes a call, 64 MiB carried): 15 epochs, burn-in 4, the
+fast-AT one-cycle learning rate (Wong et al., 2020: per batch, linear from 0 up to 0.2 at 2/5 of the steps and back to
+0; SGD momentum 0.9, weight decay 5e-4), batch 256, bf16 autocast of every training forward (example generation, CAM
+and update) with channels-last on CUDA, fp32 evaluation. It trains on the first 20,000 of the 50,000 training images:
+what travels to that machine beside the 10,000 test images within 64 MiB (``benchmarks/RESULTS.md``, "quick").
+
 An **experiment** is a list of runs (:class:`RunSpec`): ``main`` (AT vs PART, the README's smoke run), ``table1``
 (the nine rows of Table 1), ``eps-low-sweep`` (Figure 4), ``quadrant`` (Figure 1), ``cam-methods`` (Table 6),
 ``generators`` (Table 5: PGD vs MMA as the example generator) and ``mask-rules`` (paper rule vs the released code's
@@ -65,13 +72,27 @@ class Preset:
     eval_batch_size: int = 500
     device: str = "auto"
     seeds: tuple = (0,)
+    weight_decay: float | None = None
+    #: "paper" (lr / 10 at 3/4 of the epochs), or "onecycle" (per batch: 0 -> lr at 2/5 of the steps -> 0)
+    schedule: str = "paper"
+    #: "fp32"; "bf16" (autocast of every training forward, any device); "bf16-cuda" (bf16 on CUDA, else fp32)
+    amp: str = "fp32"
 
+
+#: Training images of the quick preset: the first 20,000 (see the module docstring).
+QUICK_N_TRAIN = 20000
 
 PRESETS = {
     "smoke": Preset("smoke", epochs=10, burn_in=4, n_train=5000, n_test=500, suite="smoke", model="tiny", lr=0.05,
                     eval_batch_size=250, device="cpu"),
     "paper": Preset("paper", epochs=80, burn_in=20, n_train=None, n_test=10000, suite="paper", seeds=(0, 1, 2)),
+    # One call of the lent H200: 20,000 training images is what travels (64 MiB a call); 15 epochs of AT and of
+    # PART fit the 9-minute budget beside the evaluation and the speed benchmark (estimate in RESULTS.md).
+    "quick": Preset("quick", epochs=15, burn_in=4, n_train=QUICK_N_TRAIN, n_test=10000, suite="quick", lr=0.2,
+                    batch_size=256, eval_batch_size=1000, weight_decay=5e-4, schedule="onecycle", amp="bf16-cuda"),
 }
+SCHEDULES = ("paper", "onecycle")
+AMP_MODES = ("fp32", "bf16", "bf16-cuda")
 
 
 @dataclass(frozen=True)
@@ -152,7 +173,7 @@ def resolve(preset, dataset):
         raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
     p, r = PRESETS[preset], RECIPES[dataset]
     return dict(preset=p.name, dataset=dataset, model=p.model or r.model, lr=p.lr or r.lr,
-                batch_size=p.batch_size or r.batch_size, weight_decay=r.weight_decay, alpha=r.alpha,
-                augment=r.augment, num_classes=r.num_classes, epochs=p.epochs, burn_in=p.burn_in,
+                batch_size=p.batch_size or r.batch_size, weight_decay=p.weight_decay or r.weight_decay,
+                alpha=r.alpha, augment=r.augment, num_classes=r.num_classes, epochs=p.epochs, burn_in=p.burn_in,
                 n_train=p.n_train, n_test=p.n_test, suite=p.suite, eval_batch_size=p.eval_batch_size,
-                device=p.device, seeds=list(p.seeds))
+                device=p.device, seeds=list(p.seeds), schedule=p.schedule, amp=p.amp)

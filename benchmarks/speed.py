@@ -1,7 +1,8 @@
 """Speed benchmark: what PART costs over AT, and what our ART trainer costs over a plain torch loop and ART's own.
 
 ``python -m benchmarks.speed --data-dir DIR [--device auto|cpu|cuda] [--model tiny|resnet18|wrn-34-10] [--n 512]
-[--batch-size 128] [--epochs 2] [--out results/speed.json]``
+[--batch-size 128] [--epochs 2] [--warmup-batches K] [--amp] [--channels-last] [--cam-batch 128]
+[--out results/speed.json]``
 
 From one process, on the same architecture, the same initial weights and the same first ``n`` CIFAR-10 training
 images, it trains (each run: one warm-up epoch, not timed, then ``--epochs`` timed epochs):
@@ -16,6 +17,14 @@ images, it trains (each run: one warm-up epoch, not timed, then ``--epochs`` tim
                its tenth is added to the epoch time ("amortised").
 ``art_madry``  ART's ``AdversarialTrainerMadryPGD`` (max_iter 10, eps 8/255, eps_step 2/255, one random init,
                ratio 1). It works on numpy per batch and has no augmentation.
+
+``--warmup-batches K`` makes each run's warm-up the first K batches (a separate, untimed pass from the same initial
+weights) instead of a whole epoch. ``--amp`` runs every training forward of every run (attack steps, CAM, update)
+under bf16 autocast, as the quick preset trains (:func:`benchmarks.train.bf16_forwards`). ``--cam-batch N`` also
+times our batched CAM (:func:`torchattacks_part.cam.cam_maps`) against pytorch-grad-cam's ``GradCAM`` on the same N
+images and model (median of ``--cam-repeats`` calls, after one untimed call each) and reports the largest difference
+between their maps; target: ours at least 10x faster. The report also scales the AT epoch to CIFAR-10's 50,000
+images against the quick preset's GPU target (<= 10 s).
 
 All our trainer's runs use ``burn_in=0`` (PART active from the first epoch), ``track_natural=False`` (no extra
 natural forward, so AT and the plain loop do the same work) and a constant learning rate. Each epoch is timed in
@@ -77,6 +86,11 @@ RATIO_LABELS = {
     "at/plain": "ours AT / plain torch loop",
     "at/art_madry": "ours AT / ART AdversarialTrainerMadryPGD",
 }
+#: Our batched CAM against pytorch-grad-cam's GradCAM on one batch: at least this many times faster.
+CAM_TARGET = 10.0
+#: AT epoch on CIFAR-10's 50,000 training images (the speed target of the quick preset's GPU run), seconds.
+AT_EPOCH_TARGET_S = 10.0
+FULL_TRAINING_SET = 50000
 #: Table 9 of the paper: 2x NVIDIA A100, ResNet-18, CIFAR-10, 80 epochs (h:m:s for the whole run).
 PAPER_TABLE9 = {
     "hardware": "2x NVIDIA A100, ResNet-18, CIFAR-10, 80 epochs",
@@ -186,6 +200,11 @@ class EpochClock:
         self.load["start"] = _loadavg()
         self._last = _now()
 
+    def restart(self):
+        """Start the next lap now, without recording one (after untimed work such as a memory reset)."""
+        synchronize(self.device)
+        self._last = _now()
+
     def lap(self):
         synchronize(self.device)
         now = _now()
@@ -225,13 +244,16 @@ def _log(message, progress):
 class Setup:
     """What every run shares: the device, the data (numpy and device copies), the initial weights."""
 
-    def __init__(self, model_name, x, y, device, batch_size, epochs, seed, amp, channels_last, progress):
+    def __init__(self, model_name, x, y, device, batch_size, epochs, seed, amp, channels_last, progress,
+                 warmup_batches=None):
         import torch
 
         from .models import build_model
 
         self.model_name, self.device, self.batch_size, self.epochs = model_name, device, batch_size, epochs
         self.seed, self.amp, self.channels_last, self.progress = seed, amp, channels_last, progress
+        #: None: the warm-up is one whole epoch; k: the first k batches only (then the timed epochs from the start)
+        self.warmup_batches = warmup_batches
         self.x, self.y = x, y  # CPU tensors
         self.x_np, self.y_np = x.numpy(), y.numpy()
         self.num_classes = 10
@@ -267,6 +289,21 @@ class Setup:
 
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
+
+    @property
+    def warmup_n(self):
+        """Images of the warm-up pass."""
+        if self.warmup_batches is None:
+            return len(self.x)
+        return min(len(self.x), self.warmup_batches * self.batch_size)
+
+    def precision(self, model):
+        """bf16 autocast of every forward of ``model`` (attack, CAM, update), as the quick preset trains, or none."""
+        from .train import bf16_forwards
+
+        if not self.amp:
+            return contextlib.nullcontext()
+        return bf16_forwards(model, self.device.type, self.channels_last and self.device.type == "cuda")
 
 
 def pgd(model, images, labels, eps=EPS, alpha=ALPHA, steps=STEPS):
@@ -304,29 +341,31 @@ def run_plain(setup, memory):
     x, y = setup.x.to(device), setup.y.to(device)
     generator = torch.Generator(device=device).manual_seed(setup.seed)
     n = len(x)
-    for epoch in range(setup.epochs + 1):
-        order = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        starts = range(0, n, bs)
-        for start in tqdm(starts, desc=f"plain epoch {epoch + 1}/{setup.epochs + 1}", leave=False,
-                          disable=not setup.progress):
-            index = order[start:start + bs]
-            xb, yb = x[index], y[index]
-            offsets, flips = draw_crop_flip(len(xb), device=device, generator=generator)
-            xb = crop_flip(xb, offsets, flips)
-            if setup.channels_last and cuda_extras:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            model.eval()
-            adv = pgd(model, xb, yb)
-            model.train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setup.amp and cuda_extras):
+    with setup.precision(model):
+        for epoch in range(setup.epochs + 1):
+            order = torch.randperm(n, device=device, generator=generator)
+            if epoch == 0:
+                order = order[:setup.warmup_n]
+            loss_sum = torch.zeros((), device=device)
+            starts = range(0, len(order), bs)
+            for start in tqdm(starts, desc=f"plain epoch {epoch + 1}/{setup.epochs + 1}", leave=False,
+                              disable=not setup.progress):
+                index = order[start:start + bs]
+                xb, yb = x[index], y[index]
+                offsets, flips = draw_crop_flip(len(xb), device=device, generator=generator)
+                xb = crop_flip(xb, offsets, flips)
+                if setup.channels_last and cuda_extras:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                model.eval()
+                adv = pgd(model, xb, yb)
+                model.train()
                 loss = F.cross_entropy(model(adv), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(xb)
-        loss_sum.item()
-        clock.lap()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(xb)
+            loss_sum.item()
+            clock.lap()
     return {**clock.summary(), "peak_memory_mib": memory.peak_mib()}
 
 
@@ -341,10 +380,23 @@ def _trainer(setup, method, mask_refresh):
 
 
 def run_ours(setup, memory, method, mask_refresh=1):
-    """Our ART trainer; for s > 1, the refresh passes are timed and taken out of the epochs they fell in."""
+    """Our ART trainer; for s > 1, the refresh passes are timed and taken out of the epochs they fell in.
+
+    With ``setup.warmup_batches`` the warm-up is a separate trainer (same initial weights) fitted for one epoch on
+    the first batches; the timed trainer then runs ``setup.epochs`` epochs, the first of them with s=10's refresh.
+    """
     setup.seed_all()
-    trainer = _trainer(setup, method, mask_refresh)
     clock = EpochClock(setup.device)
+    if setup.warmup_batches is not None:
+        warm = _trainer(setup, method, mask_refresh)
+        n = setup.warmup_n
+        clock.start()
+        with setup.precision(warm._classifier.model):
+            warm.fit(setup.x_np[:n], setup.y_np[:n], batch_size=setup.batch_size, nb_epochs=1)
+        clock.lap()
+        del warm
+        setup.seed_all()
+    trainer = _trainer(setup, method, mask_refresh)
     refresh_in_epoch = {}
     timed_refresh = mask_refresh > 1 and trainer.pixel_reweighted
     if timed_refresh:
@@ -362,9 +414,15 @@ def run_ours(setup, memory, method, mask_refresh=1):
 
         trainer.attack.important = timed_important
     memory.start()
-    clock.start()
-    trainer.fit(setup.x_np, setup.y_np, batch_size=setup.batch_size, nb_epochs=setup.epochs + 1,
-                callback=lambda trainer_, record: clock.lap())
+    if setup.warmup_batches is None:
+        clock.start()
+        epochs = setup.epochs + 1
+    else:
+        clock.restart()
+        epochs = setup.epochs
+    with setup.precision(trainer._classifier.model):
+        trainer.fit(setup.x_np, setup.y_np, batch_size=setup.batch_size, nb_epochs=epochs,
+                    callback=lambda trainer_, record: clock.lap())
     result = {**clock.summary(), "peak_memory_mib": memory.peak_mib()}
     result["trainer_record_seconds"] = [r["seconds"] for r in trainer.history]
     if timed_refresh:
@@ -397,7 +455,8 @@ def cam_pass_seconds(setup, trainer, passes):
 
 def _amortise(setup, trainer, clock, refresh_in_epoch, mask_refresh):
     """Epochs without their refresh, plus ``1 / s`` of one refresh pass timed on its own (wall and CPU)."""
-    wall, cpu = cam_pass_seconds(setup, trainer, max(2, setup.epochs))
+    with setup.precision(trainer._classifier.model):
+        wall, cpu = cam_pass_seconds(setup, trainer, max(2, setup.epochs))
     out = {
         "refresh_seconds_in_run": {str(k): v[0] for k, v in sorted(refresh_in_epoch.items())},
         "cam_pass_seconds": wall,
@@ -430,11 +489,69 @@ def run_art_madry(setup, memory):
     clock.start()
     # ART's trainer draws its own progress bars; without --progress they are swallowed.
     quiet = contextlib.nullcontext() if setup.progress else contextlib.redirect_stderr(io.StringIO())
-    with quiet:
-        for _ in range(setup.epochs + 1):
-            trainer.fit(setup.x_np, y_onehot)
+    with quiet, setup.precision(classifier.model):
+        for epoch in range(setup.epochs + 1):
+            n = setup.warmup_n if epoch == 0 else len(setup.x_np)
+            trainer.fit(setup.x_np[:n], y_onehot[:n])
             clock.lap()
     return {**clock.summary(), "peak_memory_mib": memory.peak_mib()}
+
+
+def cam_comparison(model, images, device, layer, repeats=5):
+    """Our batched CAM (:func:`torchattacks_part.cam.cam_maps`) against pytorch-grad-cam's ``GradCAM`` on the same
+    batch and model (predicted class, the same target layer): the largest difference between the maps and the
+    median time of ``repeats`` calls each, after one untimed call each. The library gets its own copy of the model
+    (its constructor leaves a model in eval mode and its hooks copy activations to the CPU)."""
+    import numpy as np
+    from pytorch_grad_cam import GradCAM
+
+    from torchattacks_part.cam import cam_maps
+
+    model = model.to(device).eval()
+    library_model = copy.deepcopy(model)
+    x = images.to(device)
+
+    def ours():
+        return cam_maps(model, x, target_layer=layer)
+
+    timed = {}
+    with GradCAM(model=library_model, target_layers=[library_model.get_submodule(layer)]) as cam:
+        def library():
+            return cam(input_tensor=x, targets=None)
+
+        outputs = {}
+        for name, call in (("ours", ours), ("pytorch_grad_cam", library)):
+            outputs[name] = call()  # untimed: first-call costs (autotuning, hook set-up)
+            times = []
+            for _ in range(repeats):
+                synchronize(device)
+                began = time.perf_counter()
+                call()
+                synchronize(device)
+                times.append(time.perf_counter() - began)
+            timed[name] = times
+    mine = outputs["ours"].float().cpu().numpy()
+    theirs = np.asarray(outputs["pytorch_grad_cam"], dtype=np.float32)
+    diff = np.abs(mine - theirs)
+    ours_s, lib_s = statistics.median(timed["ours"]), statistics.median(timed["pytorch_grad_cam"])
+    return {
+        "batch": len(x), "layer": layer, "repeats": repeats, "shape": list(mine.shape),
+        "max_abs_difference": float(diff.max()), "maps_equal_1e-4": bool(diff.max() <= 1e-4),
+        "maps_differing_over_1e-3": int((diff.reshape(len(x), -1).max(axis=1) > 1e-3).sum()),
+        "ours_seconds": timed["ours"], "pytorch_grad_cam_seconds": timed["pytorch_grad_cam"],
+        "median_ours_seconds": ours_s, "median_pytorch_grad_cam_seconds": lib_s,
+        "speedup": lib_s / ours_s if ours_s > 0 else None, "target_speedup": CAM_TARGET,
+        "met": None if ours_s <= 0 else lib_s / ours_s >= CAM_TARGET,
+    }
+
+
+def cam_markdown(cam):
+    return (f"Batched CAM (torchattacks_part.cam.cam_maps) vs pytorch-grad-cam GradCAM, batch {cam['batch']}, layer "
+            f"`{cam['layer']}`: median {cam['median_ours_seconds'] * 1e3:.1f} ms vs "
+            f"{cam['median_pytorch_grad_cam_seconds'] * 1e3:.1f} ms per call, **{cam['speedup']:.1f}x** (target >= "
+            f"{cam['target_speedup']:.0f}x: {_met(cam['met'])}); largest map difference "
+            f"{cam['max_abs_difference']:.2e} ({cam['maps_differing_over_1e-3']} of {cam['batch']} maps differ by "
+            f"more than 1e-3).")
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -484,9 +601,12 @@ def markdown(report):
     runs, config = report["runs"], report["config"]
     cpu = config["device"] == "cpu"
     at = runs.get("at")
+    warmup = "epoch" if not config.get("warmup_batches") else f"of {config['warmup_batches']} batches"
     lines = [
         f"{config['model']} ({config['parameters'] / 1e6:.2f}M parameters), n={config['n']}, batch "
-        f"{config['batch_size']}, {config['epochs']} timed epoch(s) after 1 warm-up, {config['device_name']}",
+        f"{config['batch_size']}, {config['epochs']} timed epoch(s) after a warm-up {warmup}"
+        f"{', bf16 autocast' if config.get('amp') else ''}{', channels-last' if config.get('channels_last') else ''}, "
+        f"{config['device_name']}",
         "",
     ]
     if cpu:
@@ -536,6 +656,13 @@ def markdown(report):
     paper = report["paper_table9"]
     empty = " - | - | - | - |" if cpu else " - | - |"
     lines.append(f"| paper Table 9: PART / AT ({paper['hardware']}) | {paper['part/at']:.2f} |{empty}")
+    if at:
+        full = at["median_epoch_seconds"] * FULL_TRAINING_SET / config["n"]
+        lines += ["", f"AT epoch: {at['median_epoch_seconds']:.2f} s on {config['n']} images, so "
+                      f"{full:.2f} s scaled to CIFAR-10's {FULL_TRAINING_SET} (target <= {AT_EPOCH_TARGET_S:.0f} s: "
+                      f"{_met(full <= AT_EPOCH_TARGET_S)})."]
+    if report.get("cam"):
+        lines += ["", cam_markdown(report["cam"])]
     lines += ["", f"Memory: {report['memory_source']}."]
     return "\n".join(lines)
 
@@ -574,7 +701,18 @@ def build_parser():
                              f"that order)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output file (default {DEFAULT_OUT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of every run")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast of the training forward (CUDA only)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast of every training forward (attack, CAM and update) in every run, as the "
+                             "quick preset trains (slow on a CPU without AVX-512 BF16)")
+    parser.add_argument("--warmup-batches", type=positive_int, default=None,
+                        help="warm up on the first K batches instead of one whole epoch (default: one epoch)")
+    parser.add_argument("--cam-batch", type=int, default=128,
+                        help="batch of the CAM comparison, ours vs pytorch-grad-cam, on the first training images "
+                             "(default 128; 0: none)")
+    parser.add_argument("--cam-repeats", type=positive_int, default=5, help="timed calls of each CAM (default 5)")
+    parser.add_argument("--cam-checkpoint", default=None,
+                        help="model.pt (from part-bench train) whose weights the CAM comparison uses (default: the "
+                             "benchmark's initial weights)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA only)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's own). On a CPU shared with other work, 1 "
@@ -607,21 +745,24 @@ def run(args):
         x, y = load_cifar10(args.data_dir, train=True, n=args.n)
     except FileNotFoundError as error:
         raise UsageError(" ".join(str(error).split())) from None
-    return _run(args, device, x, y, progress)
+    return run_on(args, device, x, y, progress)
 
 
-def _run(args, device, x, y, progress):
+def run_on(args, device, x, y, progress=True):
+    """Run the benchmark for parsed ``args`` on given training images ``x`` (float (N, 3, H, W) in [0, 1], CPU) and
+    labels ``y`` instead of reading ``args.data_dir`` (the device run passes the arrays it verified)."""
     import torch
 
     from art_part.checkpoint import atomic_write_text
 
     setup = Setup(args.model, x, y, device, args.batch_size, args.epochs, args.seed, args.amp, args.channels_last,
-                  progress)
+                  progress, warmup_batches=args.warmup_batches)
     memory = PeakMemory(device)
     commit, dirty = _git_commit()
     config = {
         "model": args.model, "parameters": setup.parameters, "n": len(x), "batch_size": args.batch_size,
-        "epochs": args.epochs, "warmup_epochs": 1, "runs_in_order": list(args.runs), "seed": args.seed,
+        "epochs": args.epochs, "warmup_epochs": 1, "warmup_batches": args.warmup_batches,
+        "runs_in_order": list(args.runs), "seed": args.seed,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"CPU {_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
@@ -646,9 +787,18 @@ def _run(args, device, x, y, progress):
         runs[name] = runners[name]()
         _log(f"{name}: median {runs[name]['median_epoch_seconds']:.2f} s/epoch, "
              f"peak memory growth {runs[name]['peak_memory_mib']:.0f} MiB", progress)
+    cam = None
+    if args.cam_batch > 0:
+        from .models import CAM_LAYERS
+        from .train import load_model
+
+        model = load_model(args.cam_checkpoint)[0] if args.cam_checkpoint else setup.fresh_model()
+        _log(f"CAM: ours vs pytorch-grad-cam GradCAM on {min(args.cam_batch, len(x))} images", progress)
+        cam = cam_comparison(model, x[:args.cam_batch], device, CAM_LAYERS[args.model], args.cam_repeats)
+        cam["weights"] = args.cam_checkpoint or "the benchmark's initial weights"
     report = {
         "config": config, "runs": runs, "ratios": ratios(runs), "paper_table9": PAPER_TABLE9,
-        "memory_source": memory.source,
+        "memory_source": memory.source, "cam": cam,
     }
     report["markdown"] = markdown(report)
     atomic_write_text(json.dumps(report, indent=2) + "\n", args.out)
