@@ -115,7 +115,7 @@ def decode_webp(data):
         if features.check("webp"):
             with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image.convert("RGB"))
-    except ImportError:
+    except ImportError:  # no Pillow there: OpenCV decodes WebP as well, below
         pass
     import cv2
 
