@@ -344,7 +344,8 @@ class _PixelBudgetPyTorch(ProjectedGradientDescentPyTorch):
         """The per-entry budget ``generate`` would use for ``x`` without a ``budget`` argument.
 
         :param x: images, numpy array (N, C, H, W) in [0, 1].
-        :return: numpy float32 array (N, 1, H, W), or (N, 3, H, W) for ``rule="jet"``, of ``eps`` / ``eps_low``.
+        :return: numpy float32 array (N, 1, H, W), or (N, 3, H, W) for ``rule="jet"``, of ``eps`` / ``eps_low``
+            (for ``rule="linear"``, of values in [eps_low, eps]: ``eps_low + (eps - eps_low) * map``).
         """
         attack = self._current_attack()
         x = self._check_x(x)
@@ -393,7 +394,8 @@ class PixelAGPyTorch(_PixelBudgetPyTorch):
         :param cam: CAM method, one of :data:`torchattacks_part.cam.CAM_METHODS` (default ``"gradcam"``).
         :param target_layer: CAM layer: a module of ``estimator.model``, its dotted name (``"layer4"``) or None for
             the last convolutional block.
-        :param rule: how the CAM becomes a budget: ``"cam"`` (paper), ``"jet"`` (authors' code) or ``"random"``.
+        :param rule: how the CAM becomes a budget: ``"cam"`` (paper), ``"jet"`` (authors' code), ``"random"`` or
+            ``"linear"`` (continuous: ``eps_low + (eps - eps_low) * map``).
         :param loss: ``"ce"`` (AT, MART, PART) or ``"kl"`` (TRADES' inner maximisation, PART-T).
         :param verbose: show a progress bar over batches.
         :param targeted: must be False (untargeted only); present for ART's parameter conventions.
@@ -445,7 +447,7 @@ class MMAPyTorch(_PixelBudgetPyTorch):
         :param batch_size: number of images per batch (each runs as ``k x batch_size`` images), integer ``>= 1``.
         :param cam: CAM method, one of :data:`torchattacks_part.cam.CAM_METHODS`.
         :param target_layer: CAM layer: a module of ``estimator.model``, its dotted name or None.
-        :param rule: ``"cam"``, ``"jet"`` or ``"random"``, see :mod:`torchattacks_part.budget`.
+        :param rule: ``"cam"``, ``"jet"``, ``"random"`` or ``"linear"``, see :mod:`torchattacks_part.budget`.
         :param verbose: show a progress bar over batches.
         :param targeted: must be False (untargeted only); present for ART's parameter conventions.
         """

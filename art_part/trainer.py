@@ -1,6 +1,7 @@
-"""PART trainers for ART: AT, TRADES, MART and their pixel-reweighted versions PART, PART-T, PART-M.
+"""PART trainers for ART: AT, TRADES, MART and their pixel-reweighted versions PART, PART-T, PART-M; and standard
+(natural) training, for the accurate branch of a mixed classifier.
 
-One code path trains all six. The plain methods are the PART code with the budget map switched off (``eps``
+One code path trains all seven. The plain methods are the PART code with the budget map switched off (``eps``
 everywhere), so comparisons are fair. The per-pixel budget enters only the inner maximisation (Pixel-AG with CE for
 PART and PART-M, with TRADES' KL for PART-T); the outer losses are the standard TRADES and MART losses of
 :mod:`torchattacks_part.losses`.
@@ -36,10 +37,11 @@ from . import checkpoint as ckpt
 from .attacks import (MMAPyTorch, PixelAGPyTorch, _model_modes, _restore_modes, check_estimator,
                       preprocessing_function)
 from .augment import crop_flip, draw_crop_flip
-from .masks import MaskCache
+from .masks import MaskCache, mask_dtype
 
-#: method -> (inner loss, outer loss, pixel-reweighted)
+#: method -> (inner loss, outer loss, pixel-reweighted); inner loss None: no attack, the outer loss on the natural batch
 METHODS = {
+    "standard": (None, "ce", False),
     "at": ("ce", "ce", False),
     "trades": ("kl", "trades", False),
     "mart": ("ce", "mart", False),
@@ -56,13 +58,15 @@ LOG_NAME = "log.jsonl"
 
 
 class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
-    """Adversarial training with AT, TRADES, MART, PART, PART-T or PART-M on a ``PyTorchClassifier``.
+    """Adversarial training with AT, TRADES, MART, PART, PART-T or PART-M on a ``PyTorchClassifier``; or standard
+    training (method "standard": cross-entropy on the augmented natural batch, no attack) through the same pipeline.
 
     | Paper link: https://arxiv.org/abs/2406.00685 (PART, ICML 2024)
 
     :param classifier: ``PyTorchClassifier`` with ``clip_values=(0, 1)`` and an ``optimizer``; its ``nb_classes``
         must match the model's output (checked with one forward pass of a zero input of ``input_shape``).
-    :param method: one of ``METHODS``: "at", "trades", "mart", "part", "part-t", "part-m".
+    :param method: one of ``METHODS``: "at", "trades", "mart", "part", "part-t", "part-m", or "standard" (no
+        attack: its epoch records hold ``adversarial_acc``, ``important_fraction`` and ``mean_budget`` None).
     :param eps: budget of important pixels (8/255).
     :param eps_low: budget of the other pixels after the burn-in, PART methods only (7/255).
     :param alpha: attack step size (2/255; 1/255 on SVHN in the paper).
@@ -73,8 +77,9 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     :param burn_in: epochs of the plain method before the budget map switches on (20).
     :param mask_refresh: s, epochs between mask refreshes: 1 computes the CAM of every batch right before its
         attack; s > 1 caches one mask per sample, computed on the un-augmented images every s epochs.
-    :param cam: CAM method; :param target_layer: CAM layer (None: last conv block); :param rule: "cam", "jet" or
-        "random" (see :mod:`torchattacks_part.budget`).
+    :param cam: CAM method; :param target_layer: CAM layer (None: last conv block); :param rule: "cam", "jet",
+        "random" or "linear" (a continuous budget; with s > 1 the cache holds float32 maps; see
+        :mod:`torchattacks_part.budget`).
     :param fixed_mask: optional boolean tensor (1 or B, 1, H, W) of important pixels that replaces the CAM for
         every batch after the burn-in, e.g. :func:`torchattacks_part.budget.quadrant_mask` for the paper's
         proof-of-concept (Figure 1). The same pixels in every (augmented) image: a fixed region, not an object.
@@ -136,6 +141,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
                              "not on another one")
         # clip_values (0, 1) is checked by the attack built below, before any work.
         inner, self.outer, self.pixel_reweighted = METHODS[method]
+        #: False for "standard": no attack is ever called.
+        self.attacked = inner is not None
         self.method, self.eps, self.alpha, self.steps = method, eps, alpha, steps
         self.eps_low = eps_low if self.pixel_reweighted else eps
         self.beta, self.burn_in, self.mask_refresh = float(beta), burn_in, mask_refresh
@@ -151,7 +158,8 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             art_attack = MMAPyTorch(classifier, k=mma_k, **common)
         else:
             start = mart_start if self.outer == "mart" else None  # None: uniform for CE, gaussian for the KL
-            art_attack = PixelAGPyTorch(classifier, loss=inner, start=start, **common)
+            # "standard" still builds one (never called): ART's AdversarialTrainer holds an attack.
+            art_attack = PixelAGPyTorch(classifier, loss=inner or "ce", start=start, **common)
         super().__init__(classifier, art_attack, ratio=1.0)
         #: The torchattacks_part attack the loop calls, with a budget tensor, on device tensors.
         self.attack = art_attack.attack
@@ -206,7 +214,12 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         the model's dtype on the device. Labels are class indices (integers, or integral floats) or one-hot rows.
         The first batch is checked before any work; the others on the device, reported (``ValueError``) at the
         loop's next synchronisation (every 20 batches and at the end of the epoch), before that epoch's checkpoint.
-        ``mask_refresh > 1`` needs the index (per-sample masks) and a map-style dataset for the refresh pass.
+
+        ``mask_refresh > 1`` caches one mask per sample, so each batch must name its samples: wrap the dataset,
+        ``DataLoader(IndexedDataset(dataset), ...)`` (:class:`art_part.IndexedDataset`: item i is (x, y, i)), or
+        give a map-style dataset of your own that yields (x, y, index) with index in [0, len(dataset)). The refresh
+        pass reads ``loader.dataset`` again in index order (same batch size and workers, no shuffling), so the
+        dataset must be map-style and yield un-augmented images.
         ``resume``, ``callback`` and ``overwrite`` as in :meth:`fit`.
         """
         self._check_run_args(nb_epochs, resume, overwrite, callback)
@@ -215,7 +228,9 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     def fit_generator(self, generator, nb_epochs=80, resume=False, callback=None, overwrite=False, **kwargs):
         """Train from an ART ``DataGenerator`` (a ``PyTorchDataGenerator`` runs through its DataLoader).
 
-        Its batches are checked as in :meth:`fit_loader`.
+        Its batches are checked as in :meth:`fit_loader`. ``mask_refresh > 1`` needs a ``PyTorchDataGenerator``
+        whose DataLoader yields each sample's index, as in :meth:`fit_loader`:
+        ``PyTorchDataGenerator(DataLoader(IndexedDataset(dataset), ...), len(dataset), batch_size)``.
         """
         self._check_run_args(nb_epochs, resume, overwrite, callback)
         if not callable(getattr(generator, "get_batch", None)) or not hasattr(generator, "size") \
@@ -226,8 +241,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         if isinstance(loader, torch.utils.data.DataLoader):
             return self._fit_loader(loader, "generator", nb_epochs, resume, callback, overwrite)
         if self.pixel_reweighted and self.mask_refresh > 1 and self.fixed_mask is None:
-            raise ValueError("mask_refresh > 1 needs per-sample indices: use fit(x, y), fit_loader, or a "
-                             "PyTorchDataGenerator over a dataset that yields (x, y, index)")
+            raise ValueError(f"mask_refresh={self.mask_refresh} (> 1) needs per-sample indices, which a "
+                             f"{type(generator).__name__} does not give: wrap the dataset: PyTorchDataGenerator("
+                             f"DataLoader(IndexedDataset(dataset), ...), size, batch_size) (art_part.IndexedDataset), "
+                             f"or use fit(x, y)")
         source = _GeneratorSource(generator, self._batch_check("generator"))
         self._train(source, nb_epochs, resume, callback, overwrite)
 
@@ -235,8 +252,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
 
     def _fit_loader(self, loader, name, nb_epochs, resume, callback, overwrite):
         source = _LoaderSource(loader, self._batch_check(name))
-        if self.pixel_reweighted and self.mask_refresh > 1 and not source.indexed:
-            raise ValueError("mask_refresh > 1 needs per-sample indices: the loader must yield (x, y, index)")
+        if self.pixel_reweighted and self.mask_refresh > 1 and self.fixed_mask is None and not source.indexed:
+            raise ValueError(f"{name}: mask_refresh={self.mask_refresh} (> 1) needs per-sample indices, but the "
+                             f"DataLoader yields (x, y): wrap the dataset: DataLoader(IndexedDataset(dataset), ...) "
+                             f"(art_part.IndexedDataset yields (x, y, index))")
         self._train(source, nb_epochs, resume, callback, overwrite)
 
     def _check_run_args(self, nb_epochs, resume, overwrite, callback):
@@ -311,7 +330,7 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         self._run = identity
         masks = None
         if self.pixel_reweighted and self.mask_refresh > 1 and self.fixed_mask is None:
-            masks = MaskCache(source.num_samples, self._mask_shape(source), self.device)
+            masks = MaskCache(source.num_samples, self._mask_shape(source), self.device, mask_dtype(self.rule))
         start = 0
         if state is not None:
             start = self._restore(state, path, optimizer, generator, masks)
@@ -339,8 +358,10 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
     def _epoch(self, epoch, nb_epochs, source, model, optimizer, generator, masks):
         began = time.perf_counter()
         part = self.part_active(epoch)
-        totals = torch.zeros(5, device=self.device)  # loss sum, natural correct, adversarial correct, n, important
+        # loss sum, natural correct, adversarial correct, n, important (entries at full eps), budget (entry means)
+        totals = torch.zeros(6, device=self.device)
         ones = torch.ones((), device=self.device)  # batch sizes enter the totals without a copy per batch
+        zero = torch.zeros((), device=self.device)
         degenerate = torch.zeros((), dtype=torch.long, device=self.device)  # degenerate CAMs this epoch
         if masks is not None and self.refresh_due(epoch):
             def important(images):
@@ -360,7 +381,9 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             if self.augment:
                 offsets, flips = draw_crop_flip(len(x), device=self.device, generator=generator)
                 x = crop_flip(x, offsets, flips)
-            if not part:
+            if not self.attacked:
+                budget = None  # "standard": no attack, no budget
+            elif not part:
                 budget = self._uniform_budget(x)
             elif self.fixed_mask is not None:
                 budget = self.attack.budget_from(self.fixed_mask.expand(len(x), -1, -1, -1), x.dtype)
@@ -370,39 +393,53 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
             else:
                 budget = self.attack.budget_from(masks.lookup(index, offsets, flips), x.dtype)
             loss, natural_correct, adversarial_correct = self._step(model, optimizer, x, y, budget)
+            # Every image's budget has as many entries: batch means weighted by batch size average over all entries.
+            full = zero if budget is None else (budget >= self.eps).float().mean()
+            mean = zero if budget is None else budget.float().mean()
             totals += torch.stack([loss.detach() * len(x), natural_correct, adversarial_correct,
-                                   ones * len(x),
-                                   (budget >= self.eps).float().mean() * len(x)])
+                                   ones * len(x), full * len(x), mean * len(x)])
             if step % 20 == 0 or step == source.num_batches - 1:
                 self._check_progress(totals[0], None if check is None else check.flags, check, epoch, step)
                 n = totals[3].item()
-                bar.set_postfix(loss=f"{totals[0].item() / n:.4f}", adv_acc=f"{totals[2].item() / n:.3f}")
+                accuracy = {"adv_acc": f"{totals[2].item() / n:.3f}"} if self.attacked else \
+                    {"nat_acc": f"{totals[1].item() / n:.3f}"}
+                bar.set_postfix(loss=f"{totals[0].item() / n:.4f}", **accuracy)
         bar.close()
         flags = None if check is None else check.flags
         if self._world > 1:  # every rank logs the figures of the whole epoch (and stops on any rank's bad data)
             reduced = torch.cat([totals, degenerate.float().reshape(1)] + ([] if flags is None else [flags.float()]))
             torch.distributed.all_reduce(reduced)
-            totals, degenerate = reduced[:5], reduced[5]
+            totals, degenerate = reduced[:6], reduced[6]
             if flags is not None:
-                flags = reduced[6:] > 0
+                flags = reduced[7:] > 0
         self._check_progress(totals[0], flags, check, epoch, source.num_batches - 1)
-        loss_sum, natural, adversarial, n, important = totals.tolist()
+        loss_sum, natural, adversarial, n, important, budget_sum = totals.tolist()
         lr = optimizer.param_groups[0]["lr"]
         self._step_scheduler(loss_sum / n)
-        if masks is not None and part:
+        if not self.attacked:
+            important_fraction = None
+        elif masks is not None and part:
             important_fraction = float(masks.important_fraction)
         else:
             important_fraction = important / n
+        phase = "part" if part else "burn-in" if self.pixel_reweighted else "plain" if self.attacked else "standard"
         return {
-            "epoch": epoch + 1, "method": self.method, "phase": "part" if part else "burn-in" if
-            self.pixel_reweighted else "plain", "loss": loss_sum / n,
-            "natural_acc": natural / n if (self.track_natural or self.outer != "ce") else None,
-            "adversarial_acc": adversarial / n, "lr": lr, "important_fraction": important_fraction,
+            "epoch": epoch + 1, "method": self.method, "phase": phase, "loss": loss_sum / n,
+            # "standard" gets its natural accuracy from the update's own forward, at no cost.
+            "natural_acc": natural / n if (self.track_natural or self.outer != "ce" or not self.attacked) else None,
+            "adversarial_acc": adversarial / n if self.attacked else None, "lr": lr,
+            "important_fraction": important_fraction,
+            # The mean per-entry budget of this epoch's attacks, in eps's units (eps for plain epochs), so rules are
+            # compared at a known average budget.
+            "mean_budget": budget_sum / n if self.attacked else None,
             "degenerate_cams": int(degenerate.item()), "seconds": time.perf_counter() - began,
         }
 
     def _step(self, model, optimizer, x, y, budget):
-        """One inner maximisation (eval mode, as torchattacks does) and one update (train mode)."""
+        """One inner maximisation (eval mode, as torchattacks does) and one update (train mode); with ``budget``
+        None (method "standard") only the update, on the natural batch."""
+        if budget is None:
+            return self._natural_step(model, optimizer, x, y)
         # The attack's own __call__ would re-validate the batch (host syncs); fit() validated the data once.
         model.eval()
         x_adv = self.attack.perturb(x, y, budget)
@@ -426,6 +463,18 @@ class AdversarialTrainerPARTPyTorch(AdversarialTrainer):
         loss.backward()
         optimizer.step()
         return loss, natural_correct, (logits_adv.argmax(1) == y).sum().float()
+
+    def _natural_step(self, model, optimizer, x, y):
+        """Standard training: one update on the cross-entropy of the natural batch; no attack, no adversarial
+        accuracy (returned as 0, and logged as None)."""
+        model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self._forward(self._train_model, x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss, (logits.argmax(1) == y).sum().float(), torch.zeros((), device=self.device)
 
     def _forward(self, model, x):
         if self.channels_last and x.is_cuda:
@@ -931,6 +980,8 @@ class _LoaderSource:
                              f"{type(first).__name__}{f' of {len(first)}' if isinstance(first, (tuple, list)) else ''}")
         check.batch(first[0], first[1])  # before any work
         self.indexed = len(first) == 3
+        if self.indexed:
+            self._index(first[2], len(first[0]))
         self.image_shape = tuple(first[0].shape[1:])
 
     def identity(self):
@@ -962,15 +1013,41 @@ class _LoaderSource:
     def batches(self, generator):
         for batch in self.loader:
             x, y = self.check.batch(batch[0], batch[1])
-            index = batch[2].to(self.device, non_blocking=True) if self.indexed else None
+            index = self._index(batch[2], len(batch[0])) if self.indexed else None
             yield x, y, index
 
     def unaugmented(self):
+        """The refresh pass of ``mask_refresh > 1``: ``loader.dataset`` in index order, un-shuffled (a map-style
+        dataset of (x, y, index), e.g. :class:`art_part.IndexedDataset`)."""
+        # Its own generator: iterating a DataLoader without one draws its base seed from torch's global RNG, and a
+        # refresh must leave the training's random stream (attack starts) as fit(x, y) does, untouched.
         ordered = torch.utils.data.DataLoader(self.loader.dataset, batch_size=self.loader.batch_size or 128,
                                               shuffle=False, num_workers=self.loader.num_workers,
-                                              collate_fn=self.loader.collate_fn)
+                                              collate_fn=self.loader.collate_fn, generator=torch.Generator())
         for batch in ordered:
-            yield self.check.images(batch[0]), batch[2].to(self.device)
+            if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+                raise ValueError(f"{self.check.name}: the mask refresh reads loader.dataset in order and needs "
+                                 f"(x, y, index) items from it; wrap the dataset: "
+                                 f"DataLoader(IndexedDataset(dataset), ...)")
+            yield self.check.images(batch[0]), self._index(batch[2], len(batch[0]))
+
+    def _index(self, index, n):
+        """A batch's sample indices, checked on the host (metadata, and the range of a CPU tensor: no device sync),
+        on the device: the mask cache has one row per sample of ``loader.dataset``."""
+        name = self.check.name
+        if not isinstance(index, torch.Tensor) or index.dtype.is_floating_point or index.dtype.is_complex \
+                or index.dtype == torch.bool or tuple(index.shape) != (n,):
+            got = f"{index.dtype} of shape {tuple(index.shape)}" if isinstance(index, torch.Tensor) else \
+                type(index).__name__
+            raise ValueError(f"{name}: the third item of a batch must be the samples' indices, integers of shape "
+                             f"({n},), got {got}")
+        if index.device.type == "cpu" and n:
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= self.num_samples:
+                raise ValueError(f"{name}: sample indices must lie in [0, {self.num_samples}) (len(loader.dataset)), "
+                                 f"got values in [{lo}, {hi}]: IndexedDataset must be the outermost dataset, e.g. "
+                                 f"DataLoader(IndexedDataset(Subset(dataset, keep)), ...)")
+        return index.to(self.device, non_blocking=True)
 
 
 class _GeneratorSource:

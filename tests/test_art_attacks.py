@@ -91,6 +91,23 @@ def test_pixelag_equals_torchattacks_part(cifar_batch, tiny_model, loss, budget_
     assert delta[np.broadcast_to(expected == EPS_LOW, delta.shape)].max() <= EPS_LOW + ATOL
 
 
+@pytest.mark.parametrize("attack_class", [PixelAGPyTorch, MMAPyTorch])
+def test_linear_rule_through_the_adapters(cifar_batch, tiny_model, attack_class):
+    """rule="linear": the adapter accepts it, its budget is the continuous CAM budget and generate stays within it."""
+    images, labels = cifar_batch[0][:16], cifar_batch[1][:16]
+    options = dict(eps=EPS, eps_low=EPS_LOW, eps_step=STEP, max_iter=3, rule="linear")
+    attack = attack_class(classifier(tiny_model), **options, **({"k": 2} if attack_class is MMAPyTorch else {}))
+    budget = attack.compute_budget(images.numpy())
+    expected = torchattacks_part.budget_map(torchattacks_part.cam_maps(tiny_model, images), EPS, EPS_LOW, "linear")
+    np.testing.assert_array_equal(budget, expected.numpy())
+    assert len(np.unique(budget)) > 100  # continuous
+    assert attack.attack.rule == "linear"  # the torchattacks_part attack the adapter runs
+    torch.manual_seed(2)
+    ours = attack.generate(images.numpy(), labels.numpy())
+    assert (np.abs(ours - images.numpy()) <= budget + ATOL).all()
+    assert attack.last_important_fraction == pytest.approx(float((expected >= EPS).float().mean()))
+
+
 def test_target_layer_name_resolves_in_the_estimators_model(cifar_batch, tiny_model):
     images, labels = cifar_batch
     attack = PixelAGPyTorch(classifier(tiny_model), max_iter=3, target_layer="features.4")

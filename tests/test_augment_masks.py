@@ -9,7 +9,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from art_part.augment import crop_flip, draw_crop_flip
-from art_part.masks import MaskCache
+from art_part.masks import MaskCache, mask_dtype
+from torchattacks_part import RULES
 
 
 def torchvision_crop_flip(image, offset, flip, padding=4, fill=0):
@@ -122,3 +123,73 @@ def test_mask_cache_all_important_mask_stays_all_important_under_a_crop(cifar_te
     moved = cache.lookup(torch.arange(2), torch.tensor([[0, 0], [0, 0]]), torch.tensor([False, True]))
     assert moved[0].all()
     assert not moved[1, :, :4].any() and not moved[1, :, :, -4:].any()  # top rows, flipped left columns
+
+
+# ------------------------------------------------------------------------- float maps (rule "linear", s > 1)
+
+
+def linear_maps(x):
+    """Any per-image float map in [0, 1] (B, 1, H, W): the brightness, min-max per image, as a stand-in CAM."""
+    gray = x.mean(dim=1, keepdim=True)
+    low = gray.flatten(1).amin(1).view(-1, 1, 1, 1)
+    high = gray.flatten(1).amax(1).view(-1, 1, 1, 1)
+    return (gray - low) / (high - low)
+
+
+def test_float_mask_cache_lookup_is_the_crop_and_flip_of_each_map(cifar_test):
+    images = cifar_test[0][:40]
+    cache = MaskCache(len(images), (1, 32, 32), "cpu", torch.float32)
+    assert cache.masks.dtype == torch.float32 and (cache.masks == 1).all()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(2))
+    cache.refresh(linear_maps, [(images[order[i:i + 16]], order[i:i + 16]) for i in range(0, len(images), 16)],
+                  epoch=4)
+    maps = linear_maps(images)
+    assert torch.equal(cache.masks, maps) and cache.refreshed_at == 4
+    # the fraction at full eps: the entries at 1 (each image's brightest pixels)
+    assert cache.important_fraction.item() == pytest.approx((maps >= 1).float().mean().item())
+
+    offsets, flips = all_offsets_and_flips(len(images))
+    index = torch.arange(len(images)).flip(0)
+    looked_up = cache.lookup(index, offsets, flips)
+    assert looked_up.dtype == torch.float32 and looked_up.shape == (40, 1, 32, 32)
+    for j, i in enumerate(index.tolist()):
+        # torchvision's pad (fill 0), crop and flip of the map, computed on its own
+        assert torch.equal(looked_up[j], torchvision_crop_flip(maps[i], offsets[j], flips[j], fill=0)), j
+    assert torch.equal(cache.lookup(index), maps[index])
+    assert (looked_up[offsets[:, 0] == 0][:, :, :4] == 0).all()  # the padding is unimportant: weight 0
+
+
+def test_float_mask_cache_all_ones_map_stays_all_ones_under_a_crop(cifar_test):
+    """A degenerate CAM gives m = 1 everywhere (eps everywhere): the crop's padding must not lower its border."""
+    images = cifar_test[0][:2]
+    cache = MaskCache(2, (1, 32, 32), "cpu", torch.float32)
+    ordinary = linear_maps(images[1:])
+    cache.refresh(lambda x: torch.cat([torch.ones_like(ordinary), ordinary]), [(images, torch.arange(2))], epoch=0)
+    moved = cache.lookup(torch.arange(2), torch.tensor([[0, 0], [0, 0]]), torch.tensor([False, True]))
+    assert (moved[0] == 1).all()
+    assert (moved[1, :, :4] == 0).all() and (moved[1, :, :, -4:] == 0).all()
+
+
+def test_float_mask_cache_state_round_trip_and_dtype_check(cifar_test):
+    cache = MaskCache(8, (1, 32, 32), "cpu", torch.float32)
+    cache.refresh(linear_maps, [(cifar_test[0][:8], torch.arange(8))], epoch=3)
+    state = cache.state_dict()
+    assert state["masks"].dtype == torch.float32
+    other = MaskCache(8, (1, 32, 32), "cpu", torch.float32)
+    other.load_state_dict(state)
+    assert torch.equal(other.masks, cache.masks) and other.refreshed_at == 3
+    with pytest.raises(ValueError, match="dtype"):
+        MaskCache(8, (1, 32, 32), "cpu").load_state_dict(state)  # a boolean cache (another rule)
+    with pytest.raises(ValueError, match="shape"):
+        MaskCache(9, (1, 32, 32), "cpu", torch.float32).load_state_dict(state)
+
+
+def test_boolean_mask_cache_refuses_float_maps(cifar_test):
+    with pytest.raises(TypeError, match="float32"):  # the bool cast would make every map value > 0 important
+        MaskCache(8, (1, 32, 32), "cpu").refresh(linear_maps, [(cifar_test[0][:8], torch.arange(8))], epoch=0)
+    with pytest.raises(ValueError, match="dtype"):
+        MaskCache(8, (1, 32, 32), "cpu", torch.float16)
+
+
+def test_mask_dtype_per_rule():
+    assert [mask_dtype(rule) for rule in RULES] == [torch.float32 if r == "linear" else torch.bool for r in RULES]

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from torchattacks_part import budget_map, cam_maps, degenerate_maps, important_pixels, quadrant_mask
-from torchattacks_part.budget import jet_colours, pil_bicubic_resize, released_jet_mask
+from torchattacks_part import (PixelAG, budget_from_importance, budget_map, cam_maps, degenerate_maps, importance,
+                               important_pixels, quadrant_mask)
+from torchattacks_part.budget import budget_from_mask, jet_colours, pil_bicubic_resize, released_jet_mask
 from torchattacks_part.cam import postprocess
 
 EPS, EPS_LOW = 8 / 255, 7 / 255
@@ -105,7 +106,7 @@ def test_degenerate_maps_get_full_eps_and_are_counted(real_cams):
     cams[2, 3, 4] = float("nan")
     cams[3, 0, 0] = float("inf")
     assert degenerate_maps(cams).tolist() == [True, True, True, True, False]
-    for rule in ("cam", "jet", "random"):
+    for rule in ("cam", "jet", "random", "linear"):
         budget = budget_map(cams, EPS, EPS_LOW, rule)
         assert torch.isfinite(budget).all()
         assert (budget[:4] == EPS).all(), rule
@@ -201,7 +202,7 @@ def test_degenerate_low_resolution_maps_get_full_eps(low_res_cams):
     cams[1] = 0.5
     cams[2, 1, 1] = float("nan")
     assert degenerate_maps(cams).tolist() == [True, True, True, False]
-    for rule in ("cam", "jet", "random"):
+    for rule in ("cam", "jet", "random", "linear"):
         budget = budget_map(cams, EPS, EPS_LOW, rule, size=(32, 32))
         assert budget.shape[-2:] == (32, 32) and torch.isfinite(budget).all()
         assert (budget[:3] == EPS).all(), rule
@@ -278,3 +279,120 @@ def test_infinite_budgets_are_refused(real_cams, eps, eps_low):
     # The finiteness check lives in checks.check_budget_params.
     with pytest.raises(ValueError, match="eps"):
         budget_map(real_cams, eps, eps_low)
+
+
+# ------------------------------------------------------------------------------------- the continuous "linear" rule
+
+
+def test_linear_rule_closed_form_on_a_hand_made_map():
+    """Dyadic maps and budgets (eps 1/2, eps_low 1/4): eps_low + (eps - eps_low) * m is exact in float32."""
+    cams = torch.tensor([[[0.0, 0.25], [0.5, 1.0]], [[0.75, 0.125], [1.0, 0.0]]])
+    budget = budget_map(cams, 0.5, 0.25, rule="linear")
+    expected = torch.tensor([[[0.25, 0.3125], [0.375, 0.5]], [[0.4375, 0.28125], [0.5, 0.25]]])[:, None]
+    assert budget.shape == (2, 1, 2, 2) and budget.dtype == torch.float32
+    assert torch.equal(budget, expected)
+    assert torch.equal(importance(cams, "linear"), cams[:, None])
+
+
+def test_linear_rule_on_real_maps_endpoints_exact(real_cams):
+    budget = budget_map(real_cams, EPS, EPS_LOW, rule="linear")
+    assert budget.shape == (48, 1, 32, 32) and budget.dtype == torch.float32
+    m = real_cams.double().numpy()[:, None]
+    # float32: eps, eps_low and the lerp each round once (an ulp at 8/255 is 1.9e-9)
+    np.testing.assert_allclose(budget.double().numpy(), EPS_LOW + (EPS - EPS_LOW) * m, rtol=0, atol=6e-9)
+    assert (budget >= np.float32(EPS_LOW)).all() and (budget <= np.float32(EPS)).all()
+    # Every image's map runs from 0 (min-max) to its peak: the low end is exactly eps_low.
+    assert (budget.flatten(1).amin(1) == np.float32(EPS_LOW)).all()
+    assert len(torch.unique(budget)) > 1000  # continuous, not two levels
+    # Endpoints of the map itself: exactly eps at m = 1, exactly eps_low at m = 0, any eps.
+    ends = torch.tensor([[[0.0, 1.0], [0.3, 1.0]]])
+    for eps, eps_low in ((EPS, EPS_LOW), (12 / 255, 6 / 255), (0.1, 0.0), (EPS, EPS)):
+        b = budget_map(ends, eps, eps_low, rule="linear")
+        assert b[0, 0, 0, 0] == np.float32(eps_low) and (b[0, 0, :, 1] == np.float32(eps)).all()
+
+
+def test_linear_rule_degenerate_maps_get_full_eps(real_cams):
+    cams = real_cams[:5].clone()
+    cams[0] = 0.0
+    cams[1] = 0.37
+    cams[2, 3, 4] = float("nan")
+    cams[3, 0, 0] = float("inf")
+    budget = budget_map(cams, EPS, EPS_LOW, "linear")
+    assert torch.isfinite(budget).all()
+    assert (budget[:4] == np.float32(EPS)).all()
+    assert (importance(cams, "linear")[:4] == 1).all()
+    assert torch.equal(budget[4], budget_map(real_cams[4:5], EPS, EPS_LOW, "linear")[0])
+
+
+def test_linear_rule_clamps_maps_outside_the_unit_range():
+    """A raw map (negative or above 1) must not push the budget outside [eps_low, eps]: lerp would extrapolate."""
+    cams = torch.tensor([[[-0.5, 0.0], [0.5, 3.0]]])
+    assert torch.equal(importance(cams, "linear"), torch.tensor([[[[0.0, 0.0], [0.5, 1.0]]]]))
+    assert torch.equal(budget_map(cams, 0.5, 0.25, "linear"), torch.tensor([[[[0.25, 0.25], [0.375, 0.5]]]]))
+
+
+def test_linear_rule_resizes_low_resolution_maps_as_postprocess(low_res_cams, real_cams):
+    ours = importance(low_res_cams, "linear", size=(32, 32))
+    assert ours.shape == (48, 1, 32, 32) and ours.dtype == torch.float32
+    assert torch.equal(ours, postprocess(low_res_cams, (32, 32))[:, None])
+    assert (ours - real_cams[:, None]).abs().max() < 1e-5  # cam_maps' maps, up to float rounding
+    budget = budget_map(low_res_cams, EPS, EPS_LOW, "linear", size=(32, 32))
+    assert torch.equal(budget, budget_map(postprocess(low_res_cams, (32, 32)), EPS, EPS_LOW, "linear"))
+
+
+def test_importance_of_binary_rules_is_their_mask_and_gives_the_same_budget(real_cams, low_res_cams):
+    for rule, cams, size in (("cam", real_cams, None), ("random", real_cams, None), ("jet", low_res_cams, (32, 32))):
+        mask = important_pixels(cams, rule, generator=torch.Generator().manual_seed(0), size=size)
+        m = importance(cams, rule, generator=torch.Generator().manual_seed(0), size=size)
+        assert m.dtype == torch.float32 and torch.equal(m, mask.float())
+        # 0. / 1. through lerp and the mask through torch.where: the same budget, bit for bit.
+        budget = budget_map(cams, EPS, EPS_LOW, rule, generator=torch.Generator().manual_seed(0), size=size)
+        assert torch.equal(budget_from_importance(m, EPS, EPS_LOW), budget)
+        assert torch.equal(budget_from_importance(mask, EPS, EPS_LOW), budget)
+        assert torch.equal(budget_from_mask(mask, EPS, EPS_LOW), budget)
+
+
+def test_important_pixels_refuses_linear_and_points_to_importance(real_cams):
+    with pytest.raises(ValueError, match=r"rule must be one of \['cam', 'jet', 'random'\] for important_pixels, "
+                                         r"got 'linear'.*importance\(cams, 'linear'\)"):
+        important_pixels(real_cams, "linear")
+
+
+@pytest.mark.parametrize("call", [lambda c: budget_map(c, EPS, EPS_LOW, "linaer"), lambda c: importance(c, "linaer"),
+                                  lambda c: important_pixels(c, "linaer")], ids=["budget_map", "importance",
+                                                                              "important_pixels"])
+def test_unknown_rule_lists_every_allowed_value(real_cams, call):
+    with pytest.raises(ValueError, match=r"rule must be one of \['cam', 'jet', 'linear', 'random'\], got 'linaer'"):
+        call(real_cams)
+
+
+def test_pixel_ag_with_the_linear_rule_respects_and_uses_the_continuous_budget(resnet18, cifar_batch):
+    images, labels = cifar_batch[0][:16], cifar_batch[1][:16]
+    attack = PixelAG(resnet18, eps=EPS, eps_low=4 / 255, steps=10, rule="linear")
+    budget = attack.budget(images)
+    expected = budget_map(cam_maps(resnet18, images), EPS, 4 / 255, "linear")
+    assert torch.equal(budget, expected)
+    adv = attack(images, labels)
+    delta = (adv - images).abs()
+    assert (delta <= budget + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+    # The box is used, not just respected: entries strictly inside (eps_low, eps) sit on their own bound.
+    inner = ((budget > 4 / 255 + 1e-4) & (budget < EPS - 1e-4)).expand_as(delta)
+    inside_image = (images > EPS) & (images < 1 - EPS)  # no [0, 1] clipping there
+    on_bound = (delta - budget).abs() < 1e-6
+    assert (on_bound & inner & inside_image).float().sum() > 0.3 * (inner & inside_image).float().sum()
+    # Its important fraction is the fraction of entries at the full eps (a peak entry or none, no degenerate map).
+    assert torch.isclose(attack.last_important_fraction, (budget >= EPS).float().mean())
+    assert attack.last_important_fraction < 0.01 and attack.last_degenerate.item() == 0
+
+
+def test_pixel_ag_background_inverts_the_linear_map(resnet18, tiny_model, cifar_batch):
+    images = cifar_batch[0][:8]
+    m = importance(cam_maps(resnet18, images), "linear")
+    attack = PixelAG(resnet18, eps=EPS, eps_low=4 / 255, rule="linear", full_eps_on="background")
+    assert torch.equal(attack.important(images), 1 - m)
+    assert torch.equal(attack.budget(images), budget_from_importance(1 - m, EPS, 4 / 255))
+    # A degenerate map keeps eps everywhere when inverted (it would otherwise get eps_low everywhere).
+    tiny_model.features.register_forward_hook(lambda module, inputs, output: output * 0)  # all-zero CAMs
+    zero = PixelAG(tiny_model, eps=EPS, eps_low=4 / 255, rule="linear", full_eps_on="background")
+    assert (zero.important(images) == 1).all() and zero.last_degenerate.item() == len(images)
+    assert (zero.budget(images) == np.float32(EPS)).all()

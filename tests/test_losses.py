@@ -172,8 +172,9 @@ def one_step_reference(model, images, labels, budget, inner, seed):
     return torch.clamp(images + torch.clamp(stepped - images, -budget, budget), 0, 1)
 
 
-def test_the_trainer_offers_exactly_the_six_methods():
-    assert set(METHODS) == set(INNER)
+def test_the_trainer_offers_exactly_the_six_methods_and_standard_training():
+    assert set(METHODS) == set(INNER) | {"standard"}
+    assert METHODS["standard"] == (None, "ce", False)  # no attack, CE on the natural batch, no budget map
 
 
 @pytest.mark.parametrize("method", sorted(INNER))

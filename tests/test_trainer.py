@@ -27,13 +27,14 @@ from art_part.augment import crop_flip
 from art_part.masks import MaskCache
 from art_part.trainer import METHODS, AdversarialTrainerPARTPyTorch
 from benchmarks.data import load_cifar10
-from torchattacks_part import MMA, budget_map, cam_maps, important_pixels, quadrant_mask
+from torchattacks_part import (MMA, budget_from_importance, budget_map, cam_maps, importance, important_pixels,
+                               quadrant_mask)
 
 EPS, EPS_LOW = 8 / 255, 4 / 255
 LR = 0.05
 PLAIN, PIXEL = ("at", "trades", "mart"), ("part", "part-t", "part-m")
 RECORD_KEYS = {"epoch", "method", "phase", "loss", "natural_acc", "adversarial_acc", "lr", "important_fraction",
-               "degenerate_cams", "seconds"}
+               "mean_budget", "degenerate_cams", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_trainer_is_an_art_adversarial_trainer(new_model, train_data):
     assert trainer.get_classifier() is trainer._classifier
     assert isinstance(trainer.attacks[0], PixelAGPyTorch) and trainer.attack is trainer.attacks[0].attack
     assert trainer.predict(train_data[0][:4]).shape == (4, 10)  # ART's own method, inherited
-    assert set(METHODS) == set(PLAIN + PIXEL)
+    assert set(METHODS) == set(PLAIN + PIXEL + ("standard",))
 
 
 @pytest.mark.parametrize("method", PLAIN + PIXEL)
@@ -136,16 +137,21 @@ def test_each_method_trains_and_logs(new_model, train_data, tmp_path, method):
     burn_in, after = [c[2] for c in calls[:8]], [c[2] for c in calls[8:]]
     assert all(((b == EPS).all() for b in burn_in))  # every method: the plain method, eps everywhere, in the burn-in
     assert records[0]["important_fraction"] == 1.0
+    assert records[0]["mean_budget"] == pytest.approx(EPS, rel=1e-6)  # eps everywhere
     assert records[0]["phase"] == ("burn-in" if method in PIXEL else "plain")
     if method in PLAIN:
         assert all((b == EPS).all() for b in after)
         assert records[1]["phase"] == "plain" and records[1]["important_fraction"] == 1.0
+        assert records[1]["mean_budget"] == pytest.approx(EPS, rel=1e-6)
     else:
         values = torch.cat([b.flatten() for b in after])
         assert two_levels(after)
         fraction = (values == EPS).float().mean().item()
         assert 0.05 < fraction < 0.5
         assert records[1]["phase"] == "part" and records[1]["important_fraction"] == pytest.approx(fraction, abs=1e-6)
+        # the mean over every entry of every budget the attacks used: eps_low + (eps - eps_low) * fraction
+        assert records[1]["mean_budget"] == pytest.approx(values.double().mean().item(), rel=1e-6)
+        assert records[1]["mean_budget"] == pytest.approx(EPS_LOW + (EPS - EPS_LOW) * fraction, rel=1e-6)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
 
 
@@ -217,6 +223,9 @@ def test_fixed_mask_replaces_the_cam_after_the_burn_in(new_model, train_data):
     for _, _, budget, _ in calls[2:]:
         assert torch.equal(budget, expected.expand(64, -1, -1, -1))
     assert trainer.history[-1]["important_fraction"] == pytest.approx(0.75)
+    # the mean budget, by hand: eps in the burn-in, then 3/4 of the entries at eps and 1/4 at eps_low
+    assert [r["mean_budget"] for r in trainer.history] == pytest.approx([EPS, EPS_LOW + (EPS - EPS_LOW) * 0.75],
+                                                                        rel=1e-6)
 
 
 def test_fixed_mask_is_checked(new_model, train_data):
@@ -633,3 +642,185 @@ def test_burn_in_must_end_before_training_does_for_part(new_model, train_data):
         with pytest.raises(ValueError, match="burn_in"):
             make_trainer(new_model(), "part", burn_in=burn_in).fit(x, y, batch_size=32, nb_epochs=nb_epochs)
     make_trainer(new_model(), "at", burn_in=20, steps=1).fit(x, y, batch_size=32, nb_epochs=1)  # plain: no PART phase
+
+
+# ----------------------------------------------------------------------------------- 7. the continuous "linear" rule
+
+
+def test_linear_rule_s1_budget_is_the_continuous_cam_budget_of_each_augmented_image(new_model, train_data):
+    x, y = train_data[0][:128], train_data[1][:128]
+    model = new_model()
+    trainer = make_trainer(model, "part", rule="linear", mask_refresh=1)
+
+    def independent_budget(images):  # the model as it is at this step, a copy in eval mode
+        return budget_map(cam_maps(copy.deepcopy(model).eval(), images), EPS, EPS_LOW, rule="linear")
+
+    calls = spy_attack(trainer, extra=independent_budget)
+    trainer.fit(x, y, batch_size=64, nb_epochs=2)
+    assert len(calls) == 4 and all((c[2] == EPS).all() for c in calls[:2])  # burn-in: eps everywhere
+    for step, (_, _, budget, reference) in enumerate(calls[2:]):
+        assert budget.shape == (64, 1, 32, 32) and torch.equal(budget, reference), step
+    values = torch.cat([c[2].flatten() for c in calls[2:]])
+    assert len(values.unique()) > 1000  # continuous, not two levels
+    assert values.min() >= np.float32(EPS_LOW) and values.max() <= np.float32(EPS)
+    burn_in, part = trainer.history
+    assert burn_in["mean_budget"] == pytest.approx(EPS, rel=1e-6)
+    assert part["mean_budget"] == pytest.approx(values.double().mean().item(), rel=1e-6)
+    assert EPS_LOW < part["mean_budget"] < EPS
+    # important_fraction of "linear": the fraction of entries at the full eps
+    assert part["important_fraction"] == pytest.approx((values >= EPS).float().mean().item(), abs=1e-6)
+
+
+def torchvision_move(maps, offsets, flips, padding=4):
+    """Each (1, H, W) map through torchvision's pad (fill 0), crop and hflip: the crop and flip, independently."""
+    import torchvision.transforms.functional as TF
+
+    h, w = maps.shape[-2:]
+    moved = []
+    for m, (row, col), flip in zip(maps, offsets.tolist(), flips.tolist()):
+        m = TF.crop(TF.pad(m, [padding], fill=0), row, col, h, w)
+        moved.append(TF.hflip(m) if flip else m)
+    return torch.stack(moved)
+
+
+def test_linear_rule_s2_caches_float_maps_and_moves_them_with_their_images(new_model, train_data, tmp_path,
+                                                                           monkeypatch):
+    """s = 2, burn-in 1, 3 epochs: one refresh (epoch 1, 0-based) of float32 maps from the un-augmented images; each
+    step's budget is eps_low + (eps - eps_low) * (the sample's map, with exactly its image's crop and flip)."""
+    x, y = train_data[0][:128], train_data[1][:128]
+    x_tensor = torch.from_numpy(x)
+    model = new_model()
+    trainer = make_trainer(model, "part", rule="linear", mask_refresh=2, checkpoint_dir=str(tmp_path))
+    refreshes, lookups = [], []
+    real_refresh, real_lookup = MaskCache.refresh, MaskCache.lookup
+
+    def refresh_spy(self, important, batches, epoch):
+        refreshes.append((epoch, copy.deepcopy(model).eval()))
+        return real_refresh(self, important, batches, epoch)
+
+    def lookup_spy(self, indices, offsets=None, flips=None, padding=4):
+        lookups.append((indices.clone(), offsets.clone(), flips.clone()))
+        return real_lookup(self, indices, offsets, flips, padding)
+
+    monkeypatch.setattr(MaskCache, "refresh", refresh_spy)
+    monkeypatch.setattr(MaskCache, "lookup", lookup_spy)
+    calls = spy_attack(trainer)
+    trainer.fit(x, y, batch_size=64, nb_epochs=3)
+
+    ((epoch, frozen),) = refreshes
+    assert epoch == 1
+    # The maps of the refresh pass: the un-augmented images in index order, in batches of 64 as that pass reads them
+    # (float maps, unlike masks, would show the rounding of another batch size).
+    maps = torch.cat([importance(cam_maps(frozen, x_tensor[i:i + 64]), "linear") for i in range(0, len(x), 64)])
+    assert len(calls) == 6 and len(lookups) == 4
+    for step in range(2, 6):
+        images, _, budget, _ = calls[step]
+        index, offsets, flips = lookups[step - 2]
+        assert torch.equal(images, crop_flip(x_tensor[index], offsets, flips))
+        moved = torchvision_move(maps[index], offsets, flips)
+        degenerate = (maps[index] == 1).flatten(1).all(dim=1).view(-1, 1, 1, 1)  # all ones: eps, border too
+        reference = budget_from_importance(torch.where(degenerate, 1.0, moved), EPS, EPS_LOW)
+        assert torch.equal(budget, reference), step
+    values = torch.cat([c[2].flatten() for c in calls[2:]])
+    assert len(values.unique()) > 1000
+    for record in trainer.history[1:]:
+        assert EPS_LOW < record["mean_budget"] < EPS
+    assert trainer.history[2]["mean_budget"] == pytest.approx(
+        torch.cat([c[2].flatten() for c in calls[4:]]).double().mean().item(), rel=1e-6)
+    # the refresh's fraction of entries at full eps (un-augmented maps)
+    assert trainer.history[1]["important_fraction"] == pytest.approx((maps >= 1).float().mean().item())
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["masks"]
+    assert state["masks"].dtype == torch.float32 and torch.equal(state["masks"], maps)
+
+
+def test_linear_rule_s2_resume_continues_exactly(new_model, train_data, tmp_path):
+    """The float32 map cache goes through the checkpoint: a run stopped after epoch 2 and resumed by a fresh model
+    ends with the weights of an uninterrupted one (burn-in 1, s = 2: epoch 3 uses the maps of the epoch-2 refresh)."""
+    x, y = train_data[0][:128], train_data[1][:128]
+
+    def train(model, folder, **kwargs):
+        trainer = make_trainer(model, "part", rule="linear", mask_refresh=2, checkpoint_dir=folder)
+        trainer.fit(x, y, batch_size=64, nb_epochs=4, **kwargs)
+        return trainer
+
+    torch.manual_seed(1)
+    full = new_model()
+    history = train(full, str(tmp_path / "full")).history
+    torch.manual_seed(1)
+    with pytest.raises(Stop):
+        train(new_model(), str(tmp_path / "cut"), callback=stop_after(2))
+    torch.manual_seed(12345)
+    model = new_model(seed=7)
+    resumed = train(model, str(tmp_path / "cut"), resume=True)
+    assert state_equal(model, full)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_unknown_rule_is_refused_listing_the_rules(new_model):
+    with pytest.raises(ValueError, match=r"rule must be one of \['cam', 'jet', 'linear', 'random'\], got 'lin'"):
+        make_trainer(new_model(), "part", rule="lin")
+
+
+# ------------------------------------------------------------------------------------ 8. standard training
+
+
+def test_standard_is_plain_sgd_on_the_natural_batches_and_never_attacks(new_model, train_data, tmp_path):
+    """One epoch of "standard" equals a hand-written SGD loop on the same batches (the trainer's shuffle, no
+    augmentation); the attack is never called; the record has no adversarial accuracy and no budget."""
+    x, y = train_data[0][:192], train_data[1][:192]
+    model, reference = new_model(), new_model()
+    trainer = make_trainer(model, "standard", augment=False, seed=3, checkpoint_dir=str(tmp_path))
+
+    def never(*args, **kwargs):
+        raise AssertionError("standard training called the attack")
+
+    for name in ("perturb", "budget", "budget_from", "important", "forward"):
+        setattr(trainer.attack, name, never)
+    trainer.fit(x, y, batch_size=64, nb_epochs=1)
+
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))  # fit's shuffle (the trainer's seed)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=LR, momentum=0.9, weight_decay=2e-4)
+    reference.train()
+    loss_sum = correct = 0.0
+    for start in range(0, len(x), 64):
+        index = order[start:start + 64]
+        images, labels = torch.from_numpy(x)[index], torch.from_numpy(y)[index]
+        logits = reference(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        loss_sum += loss.item() * len(index)
+        correct += (logits.argmax(1) == labels).sum().item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.allclose(ours[key].double(), theirs[key].double(), rtol=0, atol=1e-6), key
+    assert not state_equal(model, new_model())
+
+    (record,) = trainer.history
+    assert set(record) == RECORD_KEYS and record["method"] == "standard" and record["phase"] == "standard"
+    assert record["adversarial_acc"] is None and record["mean_budget"] is None
+    assert record["important_fraction"] is None and record["degenerate_cams"] == 0
+    assert record["natural_acc"] == pytest.approx(correct / len(x))
+    assert record["loss"] == pytest.approx(loss_sum / len(x), rel=1e-5)
+    assert read_log(tmp_path) == trainer.history  # None written as JSON null, read back
+
+
+def test_standard_resumes_exactly_with_augmentation(new_model, train_data, tmp_path):
+    x, y = train_data[0][:128], train_data[1][:128]
+
+    def train(model, folder, **kwargs):
+        trainer = make_trainer(model, "standard", checkpoint_dir=folder)
+        trainer.fit(x, y, batch_size=64, nb_epochs=3, **kwargs)
+        return trainer
+
+    full = new_model()
+    train(full, str(tmp_path / "full"))
+    with pytest.raises(Stop):
+        train(new_model(), str(tmp_path / "cut"), callback=stop_after(1))
+    model = new_model(seed=7)
+    resumed = train(model, str(tmp_path / "cut"), resume=True)
+    assert state_equal(model, full) and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert [r["lr"] for r in resumed.history] == pytest.approx([LR, LR, LR / 10])  # the same schedule

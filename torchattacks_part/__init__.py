@@ -4,7 +4,8 @@ The math lives here once (``cam``, ``budget``, ``step``, ``losses``); ``art_part
 """
 
 from .apgd import auto_pgd
-from .budget import QUARTERS, RULES, budget_map, degenerate_maps, important_pixels, quadrant_mask
+from .budget import (QUARTERS, RULES, budget_from_importance, budget_map, degenerate_maps, important_pixels,
+                     importance, quadrant_mask)
 from .cam import CAM_METHODS, cam_maps
 from .mixing import MixedClassifier
 from .mma import MMA
@@ -22,9 +23,11 @@ __all__ = [
     "QUARTERS",
     "RULES",
     "auto_pgd",
+    "budget_from_importance",
     "budget_map",
     "cam_maps",
     "degenerate_maps",
     "important_pixels",
+    "importance",
     "quadrant_mask",
 ]

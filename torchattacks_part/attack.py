@@ -9,7 +9,7 @@ only in their objective.
 import torch
 from torchattacks.attack import Attack
 
-from .budget import RULES, budget_from_mask, degenerate_maps, important_pixels
+from .budget import BINARY_RULES, RULES, budget_from_importance, degenerate_maps, importance, important_pixels
 from .cam import CAM_METHODS, compute_maps, layer_candidates
 from .checks import (check_budget, check_budget_params, check_choice, check_images, check_labels, check_module,
                      check_steps)
@@ -19,7 +19,8 @@ FULL_EPS_ON = ("important", "background")
 
 
 class PixelBudgetAttack(Attack):
-    """Base of attacks with a per-entry L-inf budget: ``eps`` on important pixels, ``eps_low`` elsewhere.
+    """Base of attacks with a per-entry L-inf budget: ``eps`` on important pixels, ``eps_low`` elsewhere (or, for
+    rule "linear", ``eps_low + (eps - eps_low) * m`` with ``m`` each pixel's map value in [0, 1]).
 
     :param name: attack name (torchattacks convention).
     :param model: classifier returning logits.
@@ -33,7 +34,8 @@ class PixelBudgetAttack(Attack):
     :param target_layer: CAM target layer: module, dotted name or None (last convolutional block).
     :param rule: how the CAM becomes a budget, see :mod:`torchattacks_part.budget`.
     :param full_eps_on: "important" (PART: ``eps`` on the CAM's important pixels) or "background" (the inverse:
-        ``eps`` on the other pixels, ``eps_low`` on the important ones; an attack aimed at what PART gives up).
+        ``eps`` on the other pixels, ``eps_low`` on the important ones; an attack aimed at what PART gives up; for
+        rule "linear" the map ``m`` becomes ``1 - m``).
     """
 
     def __init__(self, name, model, eps, eps_low, alpha, steps, random_start, cam, target_layer, rule,
@@ -57,7 +59,8 @@ class PixelBudgetAttack(Attack):
         #: Number of degenerate CAMs (given eps everywhere) in the last call, a 0-dim int64 tensor on the model's
         #: device (read it with ``int(...)``, which syncs once).
         self.last_degenerate = None
-        #: Fraction of entries that got the full eps in the last call, a 0-dim tensor.
+        #: Fraction of entries that got the full eps in the last call, a 0-dim tensor (rule "linear": the entries
+        #: whose budget is ``>= eps``).
         self.last_important_fraction = None
         self._num_classes = None
 
@@ -78,7 +81,8 @@ class PixelBudgetAttack(Attack):
         return self._num_classes
 
     def important(self, images):
-        """Boolean mask of the entries that keep ``eps``: (B, 1, H, W), or (B, 3, H, W) for rule "jet".
+        """Boolean mask of the entries that keep ``eps``: (B, 1, H, W), or (B, 3, H, W) for rule "jet"; for rule
+        "linear" the float32 importance map (B, 1, H, W) in [0, 1] (:func:`~torchattacks_part.budget.importance`).
 
         The CAM of the attacked model, on ``images`` (B, C, H, W) in [0, 1], for the predicted class. Sets
         ``last_degenerate``.
@@ -90,17 +94,25 @@ class PixelBudgetAttack(Attack):
                             resize=self.rule != "jet")
         degenerate = degenerate_maps(cams)
         self.last_degenerate = degenerate.sum()
-        important = important_pixels(cams, self.rule, size=images.shape[-2:])
+        # The binary rules keep their mask boolean (a bit per entry in the trainer's cache); "linear" is a map.
+        select = important_pixels if self.rule in BINARY_RULES else importance
+        important = select(cams, self.rule, size=images.shape[-2:])
         if self.full_eps_on == "background":
             # A degenerate map marks every entry important; inverted it would give eps_low everywhere: keep eps.
-            important = ~important | degenerate.view(-1, 1, 1, 1)
+            kept = degenerate.view(-1, 1, 1, 1)
+            important = ~important | kept if important.dtype == torch.bool else torch.where(kept, 1.0, 1 - important)
         return important
 
     def budget_from(self, important, dtype=torch.float32):
-        """Budgets from an importance mask: ``eps`` where True, ``eps_low`` elsewhere. Sets the important fraction."""
-        self.last_important_fraction = important.float().mean()
+        """Budgets from an importance mask: ``eps`` where True, ``eps_low`` elsewhere; or from a float importance map
+        in [0, 1] (rule "linear"): ``eps_low + (eps - eps_low) * m``. Sets the important fraction."""
         low = self.eps if self.eps_low is None else self.eps_low
-        return budget_from_mask(important, self.eps, low, dtype)
+        budget = budget_from_importance(important, self.eps, low, dtype)
+        if important.dtype == torch.bool:
+            self.last_important_fraction = important.float().mean()
+        else:
+            self.last_important_fraction = (budget >= self.eps).float().mean()
+        return budget
 
     def budget(self, images):
         """The per-entry budget of ``images`` (B, C, H, W) in [0, 1]: (B, 1, H, W), or (B, 3, H, W) for rule "jet"."""

@@ -1,7 +1,7 @@
 """From class activation maps to a per-entry perturbation budget (paper section 3.2, Algorithm 1).
 
-Pixels a CAM marks as important keep the full budget ``eps``; the rest get ``eps_low``. Three rules decide which
-pixels are important:
+Pixels a CAM marks as important keep the full budget ``eps``; the rest get ``eps_low``. Three binary rules decide
+which pixels are important, and a fourth, ``"linear"``, gives every pixel a budget of its own between the two:
 
 ``"cam"``     the paper's rule: a pixel is important when its map value exceeds that image's mean + 1 std
               (the paper's "scaled weight omega > 1"). All channels of a pixel share its budget: (B, 1, H, W).
@@ -22,10 +22,17 @@ pixels are important:
               uint8: the same script on a new torchvision gives other masks (about 64 % of entries agree).
 ``"random"``  an ablation (does the CAM matter?): the same number of important pixels per image as ``"cam"``
               would pick, drawn uniformly at random.
+``"linear"``  a continuous budget: ``eps_i = eps_low + (eps - eps_low) * m_i`` with ``m_i`` the pixel's own map
+              value in [0, 1] (its importance, no threshold), all channels alike: (B, 1, H, W). ``m`` is the map at
+              the image size as :func:`~torchattacks_part.cam.postprocess` gives it (bilinear, then min-max) when
+              the maps are smaller; maps at the image size are taken as given, clamped to [0, 1]. It has no binary
+              mask (:func:`important_pixels` refuses it): :func:`importance` gives its map, which is the one source
+              of every rule's budget (:func:`budget_from_importance`). Its "important fraction" is the fraction of
+              entries at the full budget, ``budget >= eps``.
 
-A degenerate map (NaN, inf, all zero or constant) marks nothing: that image gets ``eps`` everywhere, i.e. plain
-PGD, never NaN. The released code turned such maps into ``eps_low`` everywhere through 0/0; we count them instead
-(:func:`degenerate_maps`) so callers can report how often it happens.
+A degenerate map (NaN, inf, all zero or constant) marks nothing: that image gets ``eps`` everywhere (every rule,
+``"linear"`` included: ``m = 1``), i.e. plain PGD, never NaN. The released code turned such maps into ``eps_low``
+everywhere through 0/0; we count them instead (:func:`degenerate_maps`) so callers can report how often it happens.
 """
 
 from numbers import Integral
@@ -35,7 +42,9 @@ import torch
 from .cam import postprocess
 from .checks import check_budget_params, check_choice, check_generator
 
-RULES = ("cam", "jet", "random")
+RULES = ("cam", "jet", "random", "linear")
+#: The rules that mark each entry important or not (a boolean mask); the others give each entry its own budget.
+BINARY_RULES = ("cam", "jet", "random")
 QUARTERS = ("ul", "ur", "bl", "br")
 
 
@@ -223,7 +232,8 @@ def important_pixels(cams, rule="cam", generator=None, size=None):
 
     :param cams: maps (B, h, w): at the image size (what :func:`~torchattacks_part.cam.cam_maps` returns), or at the
         target layer's resolution together with ``size``.
-    :param rule: ``"cam"``, ``"jet"`` or ``"random"`` (module docstring).
+    :param rule: ``"cam"``, ``"jet"`` or ``"random"`` (module docstring). ``"linear"`` has no binary mask (every
+        pixel gets its own budget): it raises a ValueError pointing to :func:`importance`, which gives its map.
     :param generator: optional ``torch.Generator`` for the ``"random"`` rule.
     :param size: (H, W) of the images when ``cams`` are smaller; None: the maps are at the image size. Rule
         ``"jet"`` resizes them as the released code did (:func:`released_jet_mask`: exact only this way); rules
@@ -231,6 +241,34 @@ def important_pixels(cams, rule="cam", generator=None, size=None):
 
     Degenerate maps mark every entry important (full eps).
     """
+    check_choice("rule", rule, RULES)
+    if rule not in BINARY_RULES:
+        # A threshold of our choosing (m >= 1, m > 0.5, ...) would be a fifth rule nobody asked for: refuse instead.
+        raise ValueError(f"rule must be one of {sorted(BINARY_RULES)} for important_pixels, got {rule!r}, which "
+                         f"gives every pixel its own budget, not a binary mask: use importance(cams, {rule!r}) for "
+                         f"its map in [0, 1], or budget_map for the budget")
+    return _importance(cams, rule, generator, size)
+
+
+def importance(cams, rule="cam", generator=None, size=None):
+    """Per-entry importance in [0, 1], float32: the weight ``m`` of ``eps`` in the budget
+    ``eps_low + (eps - eps_low) * m`` (:func:`budget_from_importance`), for every rule.
+
+    Binary rules give their mask (:func:`important_pixels`) as 0. / 1.; ``"linear"`` gives the map itself: resized
+    as :func:`~torchattacks_part.cam.postprocess` does when the maps are smaller than ``size``, else as given,
+    clamped to [0, 1]. Degenerate maps give 1 everywhere (full eps), whatever the rule.
+
+    :param cams: maps (B, h, w), as for :func:`important_pixels`.
+    :param rule: one of :data:`RULES`, see the module docstring.
+    :param generator: optional ``torch.Generator`` for the ``"random"`` rule.
+    :param size: (H, W) of the images when ``cams`` are smaller, see :func:`important_pixels`.
+    :return: float32 tensor (B, 1, H, W), or (B, 3, H, W) for ``"jet"``, on the maps' device.
+    """
+    return _importance(cams, rule, generator, size).float()
+
+
+def _importance(cams, rule, generator, size):
+    """The importance of every rule in its own type: a boolean mask for the binary rules, float32 for "linear"."""
     check_choice("rule", rule, RULES)
     check_generator("generator", generator)
     cams = _check_maps(cams)
@@ -241,6 +279,10 @@ def important_pixels(cams, rule="cam", generator=None, size=None):
         return released_jet_mask(clean, size) | degenerate
     if tuple(clean.shape[-2:]) != size:
         clean = postprocess(clean, size)
+    if rule == "linear":
+        # The map is a weight: outside [0, 1] the budget would leave [eps_low, eps] (lerp extrapolates, even below
+        # 0). cam_maps and postprocess already give [0, 1]; the clamp guards maps a caller normalised otherwise.
+        return torch.where(degenerate, 1.0, clean.clamp(0, 1)[:, None])
     important = _above_mean_plus_std(clean)[:, None] | degenerate
     if rule == "random":
         count = important.flatten(1).sum(dim=1, keepdim=True)
@@ -258,16 +300,17 @@ def budget_map(cams, eps, eps_low, rule="cam", generator=None, size=None):
         the target layer's resolution with ``size`` (needed for an exact ``"jet"``).
     :param eps: budget of important entries, finite.
     :param eps_low: budget of the others, ``0 <= eps_low <= eps``.
-    :param rule: ``"cam"`` (paper), ``"jet"`` (released code) or ``"random"`` (ablation); see the module docstring.
+    :param rule: ``"cam"`` (paper), ``"jet"`` (released code), ``"random"`` (ablation) or ``"linear"`` (continuous,
+        ``eps_low + (eps - eps_low) * map``); see the module docstring.
     :param generator: optional ``torch.Generator`` for the ``"random"`` rule.
     :param size: (H, W) of the images when ``cams`` are smaller, see :func:`important_pixels`.
-    :return: tensor (B, 1, H, W) (or (B, 3, H, W) for ``"jet"``) of ``eps`` / ``eps_low``, on the maps' device,
-        broadcastable to the images.
+    :return: tensor (B, 1, H, W) (or (B, 3, H, W) for ``"jet"``) of ``eps`` / ``eps_low`` (of values in
+        [eps_low, eps] for ``"linear"``), on the maps' device, broadcastable to the images.
     """
     cams = _check_maps(cams)
     eps, eps_low, _ = check_budget_params(eps, eps_low)
     dtype = cams.dtype if cams.is_floating_point() else torch.float32
-    return budget_from_mask(important_pixels(cams, rule, generator, size), eps, eps_low, dtype)
+    return budget_from_importance(_importance(cams, rule, generator, size), eps, eps_low, dtype)
 
 
 def budget_from_mask(important, eps, eps_low, dtype=torch.float32):
@@ -275,6 +318,22 @@ def budget_from_mask(important, eps, eps_low, dtype=torch.float32):
     high = torch.tensor(eps, dtype=dtype, device=important.device)
     low = torch.tensor(eps_low, dtype=dtype, device=important.device)
     return torch.where(important, high, low)
+
+
+def budget_from_importance(m, eps, eps_low, dtype=torch.float32):
+    """``eps_low + (eps - eps_low) * m`` entry-wise, in ``dtype``: exactly ``eps`` where ``m`` is 1 (or True) and
+    exactly ``eps_low`` where it is 0 (or False).
+
+    :param m: importance: a boolean mask (the binary rules, as :func:`budget_from_mask`) or floats in [0, 1]
+        (:func:`importance`), any shape.
+    """
+    if m.dtype == torch.bool:
+        return budget_from_mask(m, eps, eps_low, dtype)
+    high = torch.tensor(eps, dtype=dtype, device=m.device)
+    low = torch.tensor(eps_low, dtype=dtype, device=m.device)
+    # torch.lerp is low + m (high - low) for m < 0.5 and high - (high - low)(1 - m) above: exact at both ends, where
+    # the plain formula can miss eps by a rounding error at m = 1.
+    return torch.lerp(low, high, m.to(dtype))
 
 
 def quadrant_mask(height, width, low_quarter, device=None):
