@@ -705,15 +705,63 @@ def generated_folder_name(n):
     return CIFAR10C_FOLDER if n == CIFAR10C_TEST_SIZE else f"{CIFAR10C_FOLDER}-first{n}"
 
 
-def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TEST_SIZE, seed=0, progress=True):
-    """Write CIFAR-10-C in RobustBench's layout: ``<out_dir>/CIFAR-10-C/<corruption>.npy``, uint8 (5 n, 32, 32, 3),
-    severity s in rows [(s - 1) n, s n), and ``labels.npy`` (uint8, the test labels tiled 5 times), as the official
-    files. With ``n < 10000`` the folder is ``CIFAR-10-C-first<n>`` (RobustBench's reader assumes 10,000 images per
-    severity, so a subset must not pass for the official layout).
+def severity_file_name(corruption, severity):
+    """``<corruption>-severity<s>.npy``: one severity of a corruption, in a generated folder that does not hold all
+    five (RobustBench's ``<corruption>.npy`` holds the five)."""
+    return f"{corruption}-severity{int(severity)}.npy"
+
+
+def _check_severities(severities):
+    """``severities`` of :func:`generate_cifar10c` -> a sorted tuple of distinct severities."""
+    if isinstance(severities, str) and severities == "all":
+        return SEVERITIES
+    allowed = f"'all' or a non-empty list of severities from {SEVERITIES}"
+    if isinstance(severities, (bool, np.bool_, str)):
+        raise ValueError(f"severities must be {allowed}; got {severities!r}")
+    if isinstance(severities, (int, np.integer)):
+        severities = (severities,)
+    try:
+        severities = tuple(severities)
+    except TypeError:
+        raise ValueError(f"severities must be {allowed}; got {severities!r}") from None
+    if not severities:
+        raise ValueError(f"severities must be {allowed}; got an empty list")
+    for severity in severities:
+        if isinstance(severity, (bool, np.bool_)) or not isinstance(severity, (int, np.integer)) \
+                or int(severity) not in SEVERITIES:
+            raise ValueError(f"severities must be {allowed}; got {severity!r} among them")
+    return tuple(sorted({int(s) for s in severities}))
+
+
+def stored_severities(folder, corruption, n):
+    """The severities of ``corruption`` that the generated ``folder`` holds for ``n`` images: all five when
+    ``<corruption>.npy`` has its 5 n rows, else those whose ``<corruption>-severity<s>.npy`` has n rows."""
+    image = (SIZE, SIZE, 3)
+    if _npy_shape(os.path.join(folder, corruption + ".npy")) == ((len(SEVERITIES) * n, *image), np.dtype(np.uint8)):
+        return SEVERITIES
+    return tuple(s for s in SEVERITIES if _npy_shape(os.path.join(folder, severity_file_name(corruption, s)))
+                 == ((n, *image), np.dtype(np.uint8)))
+
+
+def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TEST_SIZE, seed=0, progress=True,
+                      severities="all"):
+    """Write CIFAR-10-C for the first ``n`` test images into ``<out_dir>/CIFAR-10-C[-first<n>]/``.
+
+    With all five severities (the default) a corruption is stored in RobustBench's layout, as the official files:
+    ``<corruption>.npy``, uint8 (5 n, 32, 32, 3), severity s in rows [(s - 1) n, s n). With some of them
+    (``severities=(1,)``, what an evaluation of ``cifar10c-1`` generates), only those are computed and stored, one
+    file each, ``<corruption>-severity<s>.npy`` (n rows): a fifth of the time and disk per severity. A later call
+    adds the severities it asks for and computes nothing already stored; asking for all five assembles
+    ``<corruption>.npy`` from the stored severities plus the missing ones and then removes the per-severity files.
+    ``labels.npy`` (uint8, the test labels tiled 5 times, as the official one) is always written. With ``n < 10000``
+    the folder is ``CIFAR-10-C-first<n>`` (RobustBench's reader assumes 10,000 images per severity, so a subset must
+    not pass for the official layout). Every severity has its own random streams (:func:`corrupt`), so a severity's
+    images are the same whether it is generated alone or with the others.
 
     Each file is written atomically as soon as it is computed, and files already there with the right shape are
     kept, so a killed run resumes where it stopped. ``GENERATED.json`` records the generator, its version, the seed,
-    ``n`` and the corruptions written, which tells generated files from official ones.
+    ``n``, the corruptions stored with all five severities (``corruptions``) and the severities stored of each
+    (``severities``), which tells generated files from official ones.
 
     :param data_dir: folder holding ``cifar-10-batches-py/``.
     :param out_dir: folder to write ``CIFAR-10-C[-first<n>]/`` into.
@@ -721,6 +769,8 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
     :param n: the first ``n`` test images, 1 <= n <= 10000.
     :param seed: integer >= 0 (see :func:`corrupt`).
     :param progress: tqdm progress bar over the corruptions.
+    :param severities: ``"all"`` (default: the five, in RobustBench's layout) or a list of severities from
+        :data:`SEVERITIES` to generate and store only those.
     :return: the folder written.
     """
     if isinstance(corruptions, str):
@@ -731,10 +781,10 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= CIFAR10C_TEST_SIZE:
         raise ValueError(f"n must be an integer in 1..{CIFAR10C_TEST_SIZE}; got {n!r}")
     _check_seed(seed)
+    severities = _check_severities(severities)
     n, seed = int(n), int(seed)
     folder = os.path.join(out_dir, generated_folder_name(n))
     manifest_path = os.path.join(folder, MANIFEST)
-    done = []
     if os.path.isfile(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -743,7 +793,6 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
             raise ValueError(
                 f"{folder} holds files generated with (generator_version, seed, n) = {previous}, not "
                 f"{(GENERATOR_VERSION, seed, n)}: choose another out_dir or delete that folder")
-        done = [name for name in manifest.get("corruptions", []) if name in CORRUPTIONS]
     elif os.path.isfile(os.path.join(folder, "labels.npy")):
         raise ValueError(f"{folder} holds CIFAR-10-C files that this generator did not write (no {MANIFEST}: the "
                          "official files?); choose another out_dir rather than mixing generated files into them")
@@ -760,10 +809,14 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
     if _npy_shape(labels_path) != (all_labels.shape, all_labels.dtype):
         _save_npy(labels_path, all_labels)
 
+    # What the folder holds, read from the files themselves (each written atomically): the manifest repeats it.
+    stored = {name: stored_severities(folder, name, n) for name in CORRUPTIONS}
+
     def write_manifest():
         text = json.dumps({
             "generator": "benchmarks.corruptions", "generator_version": GENERATOR_VERSION, "seed": seed, "n": n,
-            "corruptions": [name for name in CORRUPTIONS if name in done],
+            "corruptions": [name for name in CORRUPTIONS if stored[name] == SEVERITIES],
+            "severities": {name: list(stored[name]) for name in CORRUPTIONS if stored[name]},
             "source": SOURCE, "official_files": OFFICIAL_URL,
             "note": "regenerated CIFAR-10-C, not the official files; see benchmarks/corruptions.py for the "
                     "differences",
@@ -771,44 +824,73 @@ def generate_cifar10c(data_dir, out_dir, corruptions=CORRUPTIONS, n=CIFAR10C_TES
         atomic_write_text(text, manifest_path)
 
     write_manifest()
-    expected = ((len(SEVERITIES) * n, SIZE, SIZE, 3), np.dtype(np.uint8))
     from tqdm.auto import tqdm
 
     bar = tqdm(corruptions, desc="CIFAR-10-C", unit="corruption", disable=not progress)
     for corruption in bar:
         bar.set_postfix_str(corruption)
-        path = os.path.join(folder, corruption + ".npy")
-        if _npy_shape(path) != expected:
-            data = np.empty(expected[0], dtype=np.uint8)
+        full = os.path.join(folder, corruption + ".npy")
+        singles = {s: os.path.join(folder, severity_file_name(corruption, s)) for s in SEVERITIES}
+        had = stored[corruption]
+        if had != SEVERITIES and os.path.exists(full):
+            os.remove(full)  # a truncated five-severity file of ours: the reader would prefer it to the others
+        if severities == SEVERITIES and had != SEVERITIES:
+            # RobustBench's layout: the stored severities are read back, only the missing ones computed.
+            data = np.empty((len(SEVERITIES) * n, SIZE, SIZE, 3), dtype=np.uint8)
             for s in SEVERITIES:
-                data[(s - 1) * n:s * n] = corrupt(images, corruption, s, seed=seed)
-            _save_npy(path, data)
-        if corruption not in done:
-            done.append(corruption)
+                data[(s - 1) * n:s * n] = np.load(singles[s]) if s in had else corrupt(images, corruption, s,
+                                                                                          seed=seed)
+            _save_npy(full, data)
+        else:
+            for s in severities:
+                if s not in had:
+                    _save_npy(singles[s], corrupt(images, corruption, s, seed=seed))
+        if os.path.isfile(full):  # the five-severity file holds them all: per-severity copies are redundant
+            for path in singles.values():
+                if os.path.exists(path):
+                    os.remove(path)
+        now = stored_severities(folder, corruption, n)
+        if now != had:
+            stored[corruption] = now
             write_manifest()
     return folder
 
 
-def cifar10c_folder(data_dir, cache_dir=None, n=CIFAR10C_TEST_SIZE):
+def cifar10c_folder(data_dir, cache_dir=None, n=CIFAR10C_TEST_SIZE, severity=None):
     """The CIFAR-10-C folder to read ``n`` images per severity from, or None.
 
     The official (full) folder ``<data_dir>/CIFAR-10-C`` wins whenever it has ``labels.npy``; else the full
     generated ``<cache_dir>/CIFAR-10-C``; else ``<cache_dir>/CIFAR-10-C-first<m>`` for the smallest m >= n.
+
+    :param severity: None (any folder with ``labels.npy``), or one of :data:`SEVERITIES`: a folder of ``cache_dir``
+        (m images per severity: ``CIFAR-10-C-first<m>``, or 10000) counts only if it holds that severity of all 19
+        corruptions, complete (``<corruption>.npy`` of 5 m rows or ``<corruption>-severity<s>.npy`` of m rows, see
+        :func:`generate_cifar10c`), so that an evaluation at a severity not generated yet generates it instead of
+        failing on the missing files. The official folder is not checked:
+        if it is incomplete, reading it fails with the missing file's path, rather than generated images silently
+        standing in for the official ones.
     """
-    candidates = [os.path.join(data_dir, CIFAR10C_FOLDER)]
-    if cache_dir is not None:
-        candidates.append(os.path.join(cache_dir, CIFAR10C_FOLDER))
-    for folder in candidates:
-        if os.path.isfile(os.path.join(folder, "labels.npy")):
-            return folder
+    if severity is not None:
+        _check_severity(severity)
+
+    def holds(folder, m):
+        if not os.path.isfile(os.path.join(folder, "labels.npy")):
+            return False
+        return severity is None or all(int(severity) in stored_severities(folder, name, m) for name in CORRUPTIONS)
+
+    official = os.path.join(data_dir, CIFAR10C_FOLDER)
+    if os.path.isfile(os.path.join(official, "labels.npy")):
+        return official
     if cache_dir is None or not os.path.isdir(cache_dir):
         return None
+    if holds(os.path.join(cache_dir, CIFAR10C_FOLDER), CIFAR10C_TEST_SIZE):
+        return os.path.join(cache_dir, CIFAR10C_FOLDER)
     prefix = CIFAR10C_FOLDER + "-first"
     subsets = []
     for name in os.listdir(cache_dir):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             m = int(name[len(prefix):])
-            if m >= n and os.path.isfile(os.path.join(cache_dir, name, "labels.npy")):
+            if m >= n and holds(os.path.join(cache_dir, name), m):
                 subsets.append((m, name))
     return os.path.join(cache_dir, min(subsets)[1]) if subsets else None
 
@@ -816,7 +898,8 @@ def cifar10c_folder(data_dir, cache_dir=None, n=CIFAR10C_TEST_SIZE):
 def load_cifar10c(folder, corruption, severity, n=None):
     """Images float32 (n, 3, 32, 32) in [0, 1] and labels int64 (n,) of one corruption and severity.
 
-    :param folder: a CIFAR-10-C folder (official or generated, see :func:`cifar10c_folder`).
+    :param folder: a CIFAR-10-C folder (official or generated, see :func:`cifar10c_folder`): ``<corruption>.npy``
+        with the five severities, or (a generated folder holding some) ``<corruption>-severity<s>.npy``.
     :param n: the first ``n`` images of that severity (default: all, ``len(file) // 5``).
     """
     import torch
@@ -825,28 +908,42 @@ def load_cifar10c(folder, corruption, severity, n=None):
     _check_severity(severity)
     advice = (f"generate it with `python -m benchmarks cifar10c` (benchmarks.corruptions.generate_cifar10c) or put "
               f"the official CIFAR-10-C files ({OFFICIAL_URL}) in {os.path.abspath(folder)}")
-    paths = [os.path.join(folder, corruption + ".npy"), os.path.join(folder, "labels.npy")]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"CIFAR-10-C file missing: {os.path.abspath(path)}; {advice}")
-    images = np.load(paths[0], mmap_mode="r")
-    labels = np.load(paths[1], mmap_mode="r")
-    rows = len(images) // len(SEVERITIES)
+    full = os.path.join(folder, corruption + ".npy")
+    single = os.path.join(folder, severity_file_name(corruption, severity))
+    labels_path = os.path.join(folder, "labels.npy")
+    if not os.path.isfile(full) and not os.path.isfile(single):
+        raise FileNotFoundError(f"CIFAR-10-C file missing: {os.path.abspath(full)} (nor {os.path.basename(single)}, "
+                                f"severity {severity} alone); {advice}")
+    if not os.path.isfile(labels_path):
+        raise FileNotFoundError(f"CIFAR-10-C file missing: {os.path.abspath(labels_path)}; {advice}")
+    labels = np.load(labels_path, mmap_mode="r")
+    label_rows = len(labels) // len(SEVERITIES)  # labels.npy holds the five severities' labels, alike
+    if os.path.isfile(full):  # the five severities, RobustBench's layout
+        images = np.load(full, mmap_mode="r")
+        rows = len(images) // len(SEVERITIES)
+        start = (int(severity) - 1) * rows
+    else:  # this severity alone
+        images = np.load(single, mmap_mode="r")
+        rows = min(len(images), label_rows)
+        start = 0
     if n is None:
         n = rows
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 1 <= n <= rows:
         raise ValueError(f"n must be an integer in 1..{rows} (the images per severity in {folder}); got {n!r}")
-    start = (int(severity) - 1) * rows
+    label_start = (int(severity) - 1) * label_rows
     x = np.asarray(images[start:start + n]).transpose(0, 3, 1, 2).astype(np.float32) / 255  # as RobustBench
-    y = np.asarray(labels[start:start + n]).astype(np.int64)
+    y = np.asarray(labels[label_start:label_start + n]).astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def corruption_grid(path, images_uint8, severities=(1, 3, 5), seed=0):
-    """A figure of one image under every corruption: the clean image, then the 19 corruptions in columns (titled
-    with their names), one row per severity in ``severities``. Written as a PNG to ``path``.
+def corruption_grid(path, images_uint8, severities=(1, 3, 5), seed=0, columns=10):
+    """A figure of one image under every corruption, laid out to be read at a README's width: the clean image and
+    the 19 corruptions in blocks of ``columns`` (two blocks by default), one row per severity in ``severities``
+    inside each block. Written as a PNG to ``path``. The images are regenerated here (:func:`corrupt`, the official
+    ``make_cifar_c.py`` parameters), not read from the official CIFAR-10-C files; the title says so.
 
     :param images_uint8: uint8 (32, 32, 3) or (N, 32, 32, 3) (the first image is shown).
+    :param columns: images per row (10: two blocks of clean + 19 corruptions).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -864,21 +961,38 @@ def corruption_grid(path, images_uint8, severities=(1, 3, 5), seed=0):
         _check_severity(severity)
     if not severities:
         raise ValueError(f"severities must list at least one of {SEVERITIES}")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an integer >= 1, got {columns!r}")
     corrupted = {(name, s): corrupt(image, name, s, seed=seed)[0] for name in CORRUPTIONS for s in severities}
 
-    columns = 1 + len(CORRUPTIONS)
-    fig = Figure(figsize=(0.95 * columns, 1.05 * len(severities) + 0.5), layout="constrained")
+    names = ("clean",) + CORRUPTIONS
+    blocks = -(-len(names) // columns)
+    rows = blocks * len(severities)
+    fig = Figure(figsize=(0.82 * columns + 0.5, (0.9 * len(severities) + 0.35) * blocks + 0.45), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(severities), columns, squeeze=False)
-    for row, severity in enumerate(severities):
-        for col, name in enumerate(("clean",) + CORRUPTIONS):
-            ax = axes[row, col]
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for index, name in enumerate(names):
+        block, col = divmod(index, columns)
+        for r, severity in enumerate(severities):
+            ax = axes[block * len(severities) + r, col]
             ax.imshow(image[0] if name == "clean" else corrupted[name, severity], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name.replace("_", "\n", 1) if len(name) > 10 else name, fontsize=6)
-        axes[row, 0].set_ylabel(f"severity {severity}", fontsize=7)
-    fig.suptitle("CIFAR-10-C corruptions (Hendrycks & Dietterich 2019, CIFAR parameters)", fontsize=8)
+            if r == 0:
+                # One naming style: the official names with spaces, wrapped at the first space when long.
+                label = name.replace("_", " ")
+                ax.set_title(label.replace(" ", "\n", 1) if len(label) > 11 else label, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_linewidth(0.4)
+    for index in range(len(names), blocks * columns):  # empty cells of the last block
+        block, col = divmod(index, columns)
+        for r in range(len(severities)):
+            axes[block * len(severities) + r, col].set_visible(False)
+    for block in range(blocks):
+        for r, severity in enumerate(severities):
+            axes[block * len(severities) + r, 0].set_ylabel(f"severity {severity}", fontsize=7)
+    fig.suptitle("CIFAR-10-C corruptions, regenerated here with the official make_cifar_c.py parameters "
+                 "(not the official files)", fontsize=8)
     save_figure(fig, path)
     return None

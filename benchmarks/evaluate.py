@@ -374,11 +374,14 @@ def evaluate_corruptions(name, model, store, n, batch_size, device, seed, progre
     from . import corruptions as cc
 
     severity = int(name[-1])
-    folder = cc.cifar10c_folder(data_dir, cache_dir, n=n)
+    folder = cc.cifar10c_folder(data_dir, cache_dir, n=n, severity=severity)
     if folder is None:
+        # Only the severity evaluated: the five would cost five times the time and disk (140 MB for 500 images).
+        # A later cifar10c-S adds its severity to the same folder; `python -m benchmarks cifar10c` generates all.
         print(f"[evaluate] CIFAR-10-C: no official files in {os.path.join(data_dir, 'CIFAR-10-C')}; generating "
-              f"the 19 corruptions of the first {n} test images into {cache_dir}", flush=True)
-        folder = cc.generate_cifar10c(data_dir, cache_dir, n=n, progress=progress)
+              f"severity {severity} of the 19 corruptions of the first {n} test images into {cache_dir} (all five "
+              f"severities: python -m benchmarks cifar10c --n {n} --out {cache_dir})", flush=True)
+        folder = cc.generate_cifar10c(data_dir, cache_dir, n=n, progress=progress, severities=(severity,))
     per = {}
     for corruption in cc.CORRUPTIONS:
         key = f"{name}/{corruption}"

@@ -14,6 +14,8 @@ from matplotlib.patches import Patch
 
 #: Colours of the two budgets in budget maps: eps_low (most pixels) and eps (important pixels).
 BUDGET_COLOURS = ("#1f3b73", "#ffc20a")
+#: Colour of a wrong prediction in titles.
+MISCLASSIFIED = "#c0001a"
 
 
 def fraction_of_255(value):
@@ -52,34 +54,36 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
     :param cams: class activation maps (K, H, W) in [0, 1], overlaid on the images with the ``jet`` colormap.
     :param budgets: per-pixel budgets (K, 1, H, W) (or (K, 3, H, W), shown as their channel maximum) of values
         ``eps`` / ``eps_low``.
-    :param perturbations: adversarial minus clean images (K, 3, H, W); shown as ``0.5 + delta / (2 eps)`` so that
-        -eps is black, 0 grey and +eps white in each channel.
+    :param perturbations: adversarial minus clean images (K, 3, H, W). Shown as the size of each pixel's
+        perturbation, max over channels of ``|delta|``, in units of 1/255 on a colour scale from 0 to ``eps``, with
+        the outline of the full-budget region drawn over it: an L-inf attack with sign steps fills its box almost
+        everywhere, so a magnified signed image is saturated noise, while the size shows where the budget differs.
     :param adv_preds: the model's predictions on the adversarial images (K,).
     :param eps: budget of the important pixels; :param eps_low: budget of the others.
     :param class_names: names indexed by class.
     :return: ``path``.
     """
     k = len(images)
-    fig = Figure(figsize=(1.55 * k + 1.9, 7.4), layout="constrained")
+    fig = Figure(figsize=(1.55 * k + 2.2, 7.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(4, k, squeeze=False)
+    grid = fig.add_gridspec(4, k + 1, width_ratios=[1] * k + [0.28])
+    axes = np.array([[fig.add_subplot(grid[i, j]) for j in range(k)] for i in range(4)])
     budget_cmap = ListedColormap(BUDGET_COLOURS)
-    magnification = 0.5 / eps if eps > 0 else 1.0
     rows = (
         "clean image",
         "GradCAM\n(predicted class)",
         f"{attack_name} budget\n(rule \"cam\")",
-        f"{attack_name} perturbation\n(x{magnification:.0f}, grey = 0)",
+        f"{attack_name}\nperturbation size",
     )
-    cam_image = None
+    cam_image = size_image = None
     for j in range(k):
         label, pred, adv = int(labels[j]), int(preds[j]), int(adv_preds[j])
         image = _hwc(images[j])
 
         ax = axes[0, j]
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"true {class_names[label]}\npred {class_names[pred]}", fontsize=9,
-                     color="black" if pred == label else "#c0001a")
+        ax.set_title(f"true: {class_names[label]}\npred: {class_names[pred]}", fontsize=9,
+                     color="black" if pred == label else MISCLASSIFIED)
 
         ax = axes[1, j]
         ax.imshow(image, interpolation="nearest")
@@ -92,9 +96,11 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
         ax.set_title(f"{share:.0%} at {fraction_of_255(eps)}", fontsize=8)
 
         ax = axes[3, j]
-        delta = _numpy(perturbations[j]).transpose(1, 2, 0)
-        ax.imshow(np.clip(0.5 + delta * magnification, 0, 1), interpolation="nearest")
-        ax.set_title(f"adv: {class_names[adv]}", fontsize=9, color="black" if adv == label else "#c0001a")
+        size = np.abs(_numpy(perturbations[j])).max(axis=0) * 255
+        size_image = ax.imshow(size, cmap="magma", vmin=0, vmax=eps * 255, interpolation="nearest")
+        if 0 < share < 1:
+            ax.contour(budget >= eps - 1e-9, levels=[0.5], colors="#7fd4ff", linewidths=0.9)
+        ax.set_title(f"adv: {class_names[adv]}", fontsize=9, color="black" if adv == label else MISCLASSIFIED)
 
     for i, row in enumerate(axes):
         for ax in row:
@@ -102,11 +108,19 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
             ax.set_yticks([])
         row[0].set_ylabel(rows[i], fontsize=9)
 
-    fig.colorbar(cam_image, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01, label="CAM")
-    axes[2, -1].legend(
+    side = [fig.add_subplot(grid[i, k]) for i in range(4)]
+    side[0].axis("off")
+    side[0].text(0, 0.5, "red: wrong\nprediction", color=MISCLASSIFIED, fontsize=8, va="center")
+    fig.colorbar(cam_image, cax=side[1].inset_axes([0.0, 0.05, 0.22, 0.9]), label="CAM (0-1)")
+    side[1].axis("off")
+    side[2].axis("off")
+    side[2].legend(
         handles=[Patch(color=BUDGET_COLOURS[1], label=f"eps {fraction_of_255(eps)}\n(important)"),
                  Patch(color=BUDGET_COLOURS[0], label=f"eps_low {fraction_of_255(eps_low)}")],
-        loc="center left", bbox_to_anchor=(1.04, 0.5), fontsize=8, frameon=False)
+        loc="center left", fontsize=8, frameon=False)
+    fig.colorbar(size_image, cax=side[3].inset_axes([0.0, 0.05, 0.22, 0.9]),
+                 label="max |delta| (/255)\nblue line: eps region")
+    side[3].axis("off")
     if title:
         fig.suptitle(title, fontsize=11)
     return save_figure(fig, path, dpi=dpi)
@@ -115,30 +129,113 @@ def attack_grid(path, images, labels, preds, cams, budgets, perturbations, adv_p
 # ------------------------------------------------------------------------------------------------ benchmark plots
 
 
-def _robust_key(row_values):
-    """The robustness axis: AA when evaluated, else PGD-20."""
-    return "aa" if "aa" in row_values else "pgd-20"
+def robust_key(row_values):
+    """The robustness axis: AA when evaluated, else PGD-20, else the PGD with most steps (None: no robust value)."""
+    if "aa" in row_values:
+        return "aa"
+    if "pgd-20" in row_values:
+        return "pgd-20"
+    steps = [int(name[4:]) for name in row_values if name.startswith("pgd-") and name[4:].isdigit()]
+    return f"pgd-{max(steps)}" if steps else None
 
 
-def tradeoff_scatter(path, rows, dpi=150):
-    """Accuracy-robustness trade-off: natural accuracy against AA (or PGD-20) robust accuracy, one point per model
-    (error bars: std over seeds). ``rows`` as :func:`benchmarks.report.aggregate` returns them."""
-    points = [r for r in rows if "natural" in r["values"] and _robust_key(r["values"]) in r["values"]]
-    key = _robust_key(points[0]["values"]) if points else "pgd-20"
-    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+def _axis_name(key):
+    return "AutoAttack" if key == "aa" else key.upper()
+
+
+def accuracy_interval(value, confidence=0.95):
+    """95 % interval of one row's accuracy, in [0, 1], and how it was made.
+
+    One seed: Wilson's binomial interval at the evaluation's n images. Several seeds: Student's t interval of the
+    mean over seeds (the seed-to-seed spread is the larger uncertainty of a training method; with 2 seeds it is
+    wide, honestly so). Returns (low, high, "binomial" | "t over seeds").
+
+    :param value: ``row["values"][name]`` of :func:`benchmarks.report.aggregate`: mean, std, n_seeds, n (per seed).
+    """
+    from .statistics import wilson_interval
+
+    mean, seeds = value["mean"], value.get("n_seeds") or 1
+    if seeds > 1 and value.get("std") is not None:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + confidence / 2, seeds - 1)) * value["std"] / seeds ** 0.5
+        return max(mean - half, 0.0), min(mean + half, 1.0), "t over seeds"
+    n = next((n for n in (value.get("n") or []) if n), None)
+    if not n:
+        return mean, mean, "none"
+    return (*wilson_interval(round(mean * n), n, confidence), "binomial")
+
+
+#: Smallest span of each trade-off axis, in points: a few images of difference must not fill the frame.
+MIN_TRADEOFF_SPAN = 10.0
+
+
+def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
+    """Accuracy-robustness trade-off: natural accuracy against AA (or PGD-20) robust accuracy, one point per model,
+    with 95 % intervals on both axes (:func:`accuracy_interval`). Rows with ``row["curve"]`` (e.g. the mixtures of
+    the ``mixing`` experiment) are joined by a line in the order of ``row["curve_position"]``.
+
+    Both axes have the same scale (one point of accuracy is as long on either) and span at least ``min_span``
+    points, so that a difference of a few images does not look like a strong trade-off. The number of images and
+    the seeds are written on the figure. ``rows`` as :func:`benchmarks.report.aggregate` returns them.
+    """
+    points = [r for r in rows if "natural" in r["values"] and robust_key(r["values"])]
+    if not points:
+        raise ValueError("tradeoff_scatter: no model has both natural and robust (AA or PGD) accuracy")
+    key = robust_key(points[0]["values"])
+    points = [r for r in points if key in r["values"]]
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    kinds, ns, seeds, lows, highs = set(), set(), set(), [], []
+    curves = {}
     for row in points:
         nat, rob = row["values"]["natural"], row["values"][key]
-        marker = "s" if row["kind"] == "zoo" else ("o" if "PART" not in row["label"] else "D")
-        ax.errorbar(100 * rob["mean"], 100 * nat["mean"], xerr=100 * (rob["std"] or 0), yerr=100 * (nat["std"] or 0),
-                    fmt=marker, capsize=3, label=row["label"])
-        ax.annotate(row["label"], (100 * rob["mean"], 100 * nat["mean"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.margins(0.25)  # room for the labels
-    ax.set_xlabel(f"{'AA' if key == 'aa' else 'PGD-20'} robust accuracy (%)")
+        (nl, nh, nk), (rl, rh, rk) = accuracy_interval(nat), accuracy_interval(rob)
+        kinds.update((nk, rk))
+        ns.update(n for n in (rob.get("n") or []) + (nat.get("n") or []) if n)
+        seeds.add(len(row["seeds"]))
+        x, y = 100 * rob["mean"], 100 * nat["mean"]
+        lows += [100 * rl, 100 * nl]
+        highs += [100 * rh, 100 * nh]
+        if row.get("curve"):
+            curves.setdefault(row["curve"], []).append((row.get("curve_position", 0), x, y, row))
+            continue
+        marker = "s" if row["kind"] == "zoo" else ("D" if "PART" in row["label"] else "o")
+        ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
+                    fmt=marker, capsize=3, markersize=6, label=row["label"], zorder=3)
+        ax.annotate(row["label"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    for name, members in curves.items():
+        members.sort(key=lambda m: m[0])
+        line, = ax.plot([m[1] for m in members], [m[2] for m in members], "-", marker=".", markersize=7,
+                        label=name, zorder=2)
+        for _, x, y, row in members:
+            value_n, value_r = row["values"]["natural"], row["values"][key]
+            (nl, nh, _), (rl, rh, _) = accuracy_interval(value_n), accuracy_interval(value_r)
+            ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
+                        fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=2, zorder=2)
+            if row.get("curve_label"):
+                ax.annotate(row["curve_label"], (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7,
+                            color=line.get_color())
+    # Equal scale on both axes, at least min_span points each, centred on what is drawn.
+    xs_lo, xs_hi = min(lows[0::2]), max(highs[0::2])
+    ys_lo, ys_hi = min(lows[1::2]), max(highs[1::2])
+    span = max(min_span, 1.15 * (xs_hi - xs_lo), 1.15 * (ys_hi - ys_lo))
+    for setter, lo, hi in ((ax.set_xlim, xs_lo, xs_hi), (ax.set_ylim, ys_lo, ys_hi)):
+        centre = (lo + hi) / 2
+        low = min(max(centre - span / 2, 0.0), 100.0 - span)
+        setter(low, low + span)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"{_axis_name(key)} robust accuracy (%)")
     ax.set_ylabel("natural accuracy (%)")
-    ax.set_title("accuracy-robustness trade-off (up and right is better)", fontsize=10)
+    n_text = f"n = {min(ns)}" if len(ns) == 1 else f"n = {min(ns)}-{max(ns)}" if ns else "n unknown"
+    seed_text = (f"{next(iter(seeds))} seed{'s' if next(iter(seeds)) > 1 else ''} per model" if len(seeds) == 1
+                 else f"{min(seeds)}-{max(seeds)} seeds per model")
+    how = " and ".join(sorted(k for k in kinds if k != "none")) or "no interval"
+    ax.set_title(f"accuracy-robustness trade-off (up and right is better)\n{n_text} test images, {seed_text}; "
+                 f"bars: 95 % intervals ({how})", fontsize=9)
+    if curves:
+        ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return save_figure(fig, path, dpi=dpi)
 
@@ -177,12 +274,16 @@ def eps_low_sweep(path, rows, dpi=150):
     return save_figure(fig, path, dpi=dpi)
 
 
-def cam_comparison_grid(path, models, images, labels, class_names=None, dpi=150):
+def cam_comparison_grid(path, models, images, labels, class_names=None, dpi=150, title=None):
     """Paper Figure 2: GradCAM of each model (rows, e.g. AT then PART) on the same images (columns), for the
-    predicted class, over the image with the ``jet`` colormap.
+    predicted class, over the image with the ``jet`` colormap. Each column is titled with the true class; each CAM
+    with the model's prediction, in red when it is wrong (the figure's legend says so).
+
+    The colorbar sits in a column of its own, so every row of images has the same width and the rows line up.
 
     :param models: list of (label, model) with models on the images' device, in eval mode.
     :param images: (K, 3, H, W) in [0, 1]; :param labels: (K,) true classes.
+    :param title: figure title; None: a default that names the CAM and the images.
     """
     import torch
 
@@ -191,14 +292,18 @@ def cam_comparison_grid(path, models, images, labels, class_names=None, dpi=150)
     from .data import CIFAR10_CLASSES
 
     names = class_names or CIFAR10_CLASSES
-    k = len(images)
-    fig = Figure(figsize=(1.5 * k + 1.4, 1.6 * (len(models) + 1) + 0.3), layout="constrained")
+
+    def name(index):
+        return names[index] if index < len(names) else str(index)
+
+    k, rows = len(images), len(models) + 1
+    fig = Figure(figsize=(1.5 * k + 1.6, 1.65 * rows + 0.7), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(models) + 1, k, squeeze=False)
+    grid = fig.add_gridspec(rows, k + 1, width_ratios=[1] * k + [0.09])
+    axes = np.array([[fig.add_subplot(grid[i, j]) for j in range(k)] for i in range(rows)])
     for j in range(k):
         axes[0, j].imshow(_hwc(images[j]), interpolation="nearest")
-        axes[0, j].set_title(names[int(labels[j])] if int(labels[j]) < len(names) else str(int(labels[j])),
-                             fontsize=9)
+        axes[0, j].set_title(f"true: {name(int(labels[j]))}", fontsize=9)
     cam_image = None
     for i, (label, model) in enumerate(models, start=1):
         cams = cam_maps(model, images)
@@ -209,17 +314,20 @@ def cam_comparison_grid(path, models, images, labels, class_names=None, dpi=150)
             cam_image = axes[i, j].imshow(_numpy(cams[j]), cmap="jet", alpha=0.5, vmin=0, vmax=1,
                                           interpolation="bilinear")
             pred = int(preds[j])
-            axes[i, j].set_title(f"pred {names[pred] if pred < len(names) else pred}", fontsize=8,
-                                 color="black" if pred == int(labels[j]) else "#c0001a")
+            axes[i, j].set_title(f"pred: {name(pred)}", fontsize=8,
+                                 color="black" if pred == int(labels[j]) else MISCLASSIFIED)
         axes[i, 0].set_ylabel(label, fontsize=9)
     axes[0, 0].set_ylabel("image", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    legend_ax = fig.add_subplot(grid[0, k])
+    legend_ax.axis("off")
+    legend_ax.text(0, 0.5, "red: wrong\nprediction", color=MISCLASSIFIED, fontsize=7, va="center")
     if cam_image is not None:
-        fig.colorbar(cam_image, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.01, label="GradCAM")
+        fig.colorbar(cam_image, cax=fig.add_subplot(grid[1:, k]), label="GradCAM of the predicted class")
+    fig.suptitle(title or f"GradCAM of each model on the first {k} test images (predicted class)", fontsize=10)
     return save_figure(fig, path, dpi=dpi)
-
 
 
 def paired_differences(path, comparisons, title=None, dpi=150):

@@ -559,5 +559,148 @@ def test_corruption_grid_writes_a_png(uint8_images, tmp_path):
     with Image.open(path) as image:
         image.load()
         width, height = image.size
-    assert width > 1500 and 200 < height < width / 4  # 20 columns, 2 rows
+    # Laid out for a README's width: two blocks of 10 columns (clean + 19 corruptions), 2 severity rows each, so
+    # about half as tall as wide or more, and each 32 x 32 tile drawn at more than twice its size.
+    assert width < 1400 and 0.45 * width < height < 1.1 * width
+    assert width / 10 > 2.5 * 32
     assert not [f for f in os.listdir(tmp_path) if f != "grid.png"]  # written atomically, no temporary left
+    # One block of 20 columns when asked: wide and flat, as the old figure was.
+    corruption_grid(str(path), uint8_images[5], severities=(1, 5), columns=20)
+    with Image.open(path) as image:
+        wide, flat = image.size
+    assert wide > 1.8 * width and flat < height / 1.5
+    with pytest.raises(ValueError, match="columns"):
+        corruption_grid(str(path), uint8_images[5], columns=0)
+
+
+# --- the cache stores the severities evaluated, not all five ------------------------------------------------------
+
+
+def counting_corrupt(monkeypatch):
+    """Record (corruption, severity) of every corruption computed."""
+    calls, original = [], C.corrupt
+
+    def counting(images, corruption, severity, seed=0):
+        calls.append((corruption, severity))
+        return original(images, corruption, severity, seed)
+
+    monkeypatch.setattr(C, "corrupt", counting)
+    return calls
+
+
+def test_an_evaluation_caches_only_its_severity_and_a_later_one_adds_its_own(data_dir, cifar_test, tiny_model,
+                                                                            tmp_path, monkeypatch, capsys):
+    """cifar10c-1 on 16 images generates and stores severity 1 of the 19 corruptions only; cifar10c-3 afterwards
+    adds severity 3 and leaves severity 1 as it was; both equal the all-severities generation of the same seed, and
+    the accuracies are those of the images read from it."""
+    from benchmarks.evaluate import evaluate_model
+
+    n, cache = 16, tmp_path / "cache"
+    images, labels = cifar_test[0][:n], cifar_test[1][:n]
+    # a data folder with CIFAR-10 and no official CIFAR-10-C beside it, wherever the real one is
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-batches-py").symlink_to(os.path.join(os.path.abspath(data_dir), "cifar-10-batches-py"))
+    folder = cache / "CIFAR-10-C-first16"
+    calls = counting_corrupt(monkeypatch)
+
+    def run(attack):
+        return evaluate_model(tiny_model, images, labels, str(tmp_path / "eval"), [attack], {"label": "tiny"},
+                              batch_size=16, progress=False, data_dir=str(data),
+                              cache_dir=str(cache))
+
+    first = run("cifar10c-1")
+    assert "generating severity 1 of the 19 corruptions" in capsys.readouterr().out
+    assert sorted(calls) == sorted((name, 1) for name in CORRUPTIONS)
+    singles = sorted(f"{name}-severity1.npy" for name in CORRUPTIONS)
+    assert sorted(os.listdir(folder)) == sorted(["GENERATED.json", "labels.npy"] + singles)  # no other severity
+    manifest = json.loads((folder / "GENERATED.json").read_text())
+    assert manifest["corruptions"] == [] and manifest["severities"] == {name: [1] for name in CORRUPTIONS}
+    mtimes = {f: os.stat(folder / f).st_mtime_ns for f in singles}
+    assert cifar10c_folder(str(data), str(cache), n=n, severity=1) == str(folder)
+    assert cifar10c_folder(str(data), str(cache), n=8, severity=1) == str(folder)  # a prefix of it serves too
+    assert cifar10c_folder(str(data), str(cache), n=n, severity=3) is None  # not read as if it held severity 3
+
+    calls.clear()
+    third = run("cifar10c-3")
+    assert sorted(calls) == sorted((name, 3) for name in CORRUPTIONS)  # severity 1 is not computed again
+    assert sorted(os.listdir(folder)) == sorted(
+        ["GENERATED.json", "labels.npy"] + singles + [f"{name}-severity3.npy" for name in CORRUPTIONS])
+    assert mtimes == {f: os.stat(folder / f).st_mtime_ns for f in singles}
+    assert json.loads((folder / "GENERATED.json").read_text())["severities"] == {name: [1, 3] for name in CORRUPTIONS}
+    assert not [f for f in os.listdir(folder) if ".tmp-" in f]  # atomic writes leave no temporary behind
+
+    calls.clear()
+    assert run("cifar10c-3") == third and calls == []  # saved results: nothing generated, nothing read
+
+    monkeypatch.undo()
+    full = generate_cifar10c(data_dir, str(tmp_path / "all"), n=n, progress=False)  # all five, the same seed (0)
+    model = tiny_model.eval()
+    for severity, results in ((1, first), (3, third)):
+        for name in CORRUPTIONS:
+            stored = np.load(folder / f"{name}-severity{severity}.npy")
+            np.testing.assert_array_equal(stored, np.load(os.path.join(full, name + ".npy"))[(severity - 1) * n:
+                                                                                           severity * n])
+            x, y = load_cifar10c(str(folder), name, severity)
+            x_all, y_all = load_cifar10c(full, name, severity)
+            assert torch.equal(x, x_all) and torch.equal(y, y_all) and torch.equal(y, labels)
+            with torch.no_grad():
+                accuracy = (model(x).argmax(1) == y).float().mean().item()
+            assert results["results"][f"cifar10c-{severity}/{name}"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_generation_of_some_severities_then_all_reuses_what_is_stored(data_dir, tmp_path, monkeypatch):
+    names, n = ("gaussian_noise", "fog"), 8
+    reference = generate_cifar10c(data_dir, str(tmp_path / "reference"), corruptions=names, n=n, seed=2,
+                                  progress=False)
+    calls = counting_corrupt(monkeypatch)
+    folder = generate_cifar10c(data_dir, str(tmp_path), corruptions=names, n=n, seed=2, progress=False,
+                               severities=[3, 1, 3])
+    assert sorted(calls) == [(name, s) for name in sorted(names) for s in (1, 3)]
+    assert sorted(os.listdir(folder)) == sorted(["GENERATED.json", "labels.npy"] + [
+        f"{name}-severity{s}.npy" for name in names for s in (1, 3)])
+    assert cifar10c_folder(str(tmp_path / "none"), str(tmp_path), n=n) == folder  # any severity
+    assert cifar10c_folder(str(tmp_path / "none"), str(tmp_path), n=n, severity=1) is None  # 17 corruptions missing
+    with pytest.raises(FileNotFoundError, match=r"fog\.npy \(nor fog-severity2\.npy, severity 2 alone\)"):
+        load_cifar10c(folder, "fog", 2)
+
+    # all five: the stored severities are read back, only 2, 4 and 5 computed; RobustBench's layout, as a
+    # generation of all five at once, and no per-severity file left
+    calls.clear()
+    generate_cifar10c(data_dir, str(tmp_path), corruptions=names, n=n, seed=2, progress=False)
+    assert sorted(calls) == [(name, s) for name in sorted(names) for s in (2, 4, 5)]
+    assert sorted(os.listdir(folder)) == sorted(["GENERATED.json", "labels.npy"] + [f"{name}.npy" for name in names])
+    for name in names:
+        np.testing.assert_array_equal(np.load(os.path.join(folder, name + ".npy")),
+                                      np.load(os.path.join(reference, name + ".npy")))
+    manifest = json.loads((tmp_path / "CIFAR-10-C-first8" / "GENERATED.json").read_text())
+    assert manifest["corruptions"] == ["gaussian_noise", "fog"]
+    assert manifest["severities"] == {name: list(SEVERITIES) for name in names}
+
+    # a severity already inside a five-severity file is not generated again
+    calls.clear()
+    generate_cifar10c(data_dir, str(tmp_path), corruptions=names, n=n, seed=2, progress=False, severities=(4,))
+    assert calls == [] and sorted(os.listdir(folder)) == sorted(
+        ["GENERATED.json", "labels.npy"] + [f"{name}.npy" for name in names])
+
+
+@pytest.mark.parametrize("severities", [(), (0,), (6,), "some", True, (1.0,), None])
+def test_bad_severities_are_refused_naming_the_parameter(severities, tmp_path):
+    with pytest.raises(ValueError, match=r"^severities must be 'all' or a non-empty list of severities from "
+                                         r"\(1, 2, 3, 4, 5\)"):
+        generate_cifar10c(str(tmp_path), str(tmp_path), n=8, severities=severities)
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_the_cifar10c_command_generates_the_severities_asked(data_dir, tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["cifar10c", "--data-dir", data_dir, "--out", str(tmp_path), "--n", "4", "--severities", "2",
+                 "--no-progress"]) == 0
+    folder = tmp_path / "CIFAR-10-C-first4"
+    assert capsys.readouterr().out.strip() == str(folder)
+    assert sorted(os.listdir(folder)) == sorted(["GENERATED.json", "labels.npy"] + [
+        f"{name}-severity2.npy" for name in CORRUPTIONS])
+    with pytest.raises(SystemExit):
+        main(["cifar10c", "--data-dir", data_dir, "--out", str(tmp_path), "--severities", "6"])
+    assert "invalid choice: 6" in capsys.readouterr().err
