@@ -126,7 +126,10 @@ def _add_train_options(parser):
     parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default="main",
                         help="main: AT and PART; table1: the nine rows of Table 1; eps-low-sweep (Figure 4); "
                              "quadrant (Figure 1); cam-methods (Table 6); generators (Table 5); mask-rules "
-                             "(paper rule vs released colour bands vs random mask) (default main)")
+                             "(paper rule vs released colour bands vs random mask); budget-rules (mask-rules plus "
+                             "the continuous rule linear); standard: natural training, no attack (the accurate "
+                             "branch of a mixed classifier); mixing: standard and AT, evaluated with their "
+                             "mixtures at --mix-alphas (default main)")
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
                         help="training seeds (default: the preset's: smoke 0; paper 0 1 2)")
     parser.add_argument("--epochs", type=positive_int, default=None,
@@ -150,6 +153,9 @@ def _add_evaluate_options(parser):
     parser.add_argument("--cache-dir", default=None,
                         help="where generated CIFAR-10-C goes when the official files are not in "
                              "<data-dir>/CIFAR-10-C (default <out>/data)")
+    parser.add_argument("--mix-alphas", type=float, nargs="+", default=None, metavar="ALPHA",
+                        help="weights of the robust branch of the mixing experiment's mixtures, each in [0, 1] "
+                             "(default 0 0.25 0.5 0.75 1; used only when the runs of --experiment mixing are there)")
 
 
 def add_train_parser(subparsers):
@@ -192,7 +198,8 @@ def cmd_evaluate(args):
     evaluate(args.preset, args.out or default_out(args.preset), args.data_dir, args.device, attacks=args.attacks,
              n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
              model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
-             surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir)
+             surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir,
+             mix_alphas=args.mix_alphas)
     return 0
 
 
@@ -264,7 +271,7 @@ def cmd_run(args):
               epochs=args.epochs, n_train=args.n_train, progress=progress)
     cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
                  batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
-                 progress=progress, cache_dir=args.cache_dir)
+                 progress=progress, cache_dir=args.cache_dir, mix_alphas=args.mix_alphas)
     cmd_compare(out)
     cmd_figures(out, args.data_dir)
     # Timings depend on what else the machine runs: say how long this took and how busy the machine was.
@@ -284,6 +291,9 @@ def add_cifar10c_parser(subparsers):
     parser.add_argument("--n", type=positive_int, default=10000,
                         help="first N test images (default 10000: the full, RobustBench-readable layout)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="(default 0)")
+    parser.add_argument("--severities", type=int, nargs="+", choices=(1, 2, 3, 4, 5), default=None, metavar="S",
+                        help="generate and store only these severities (1..5), one <name>-severity<S>.npy each "
+                             "(default: all five, in RobustBench's layout)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_cifar10c)
 
@@ -296,7 +306,8 @@ def cmd_cifar10c(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: is a file, not a folder")
 
-    print(generate_cifar10c(args.data_dir, args.out, n=args.n, seed=args.seed, progress=not args.no_progress))
+    print(generate_cifar10c(args.data_dir, args.out, n=args.n, seed=args.seed, progress=not args.no_progress,
+                            severities=args.severities or "all"))
     return 0
 
 

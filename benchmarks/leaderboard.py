@@ -47,6 +47,12 @@ METHOD_PAPERS = {
              "authors": "Yisen Wang, Difan Zou, Jinfeng Yi, James Bailey, Xingjun Ma, Quanquan Gu",
              "venue": "ICLR 2020"},
     "part": _PART, "part-t": _PART, "part-m": _PART,
+    # As RobustBench's own entry of its standardly trained model (model_info/cifar10/Linf/Standard.json).
+    "standard": {"link": "https://github.com/RobustBench/robustbench/", "name": "Standardly trained model",
+                 "authors": "", "venue": "N/A"},
+    "mixing": {"link": "https://arxiv.org/abs/2311.15165",
+               "name": "Mixing Classifiers to Alleviate the Accuracy-Robustness Trade-Off",
+               "authors": "Yatong Bai, Brendon G. Anderson, Mingyuan Kim, Somayeh Sojoudi", "venue": "L4DC 2024"},
 }
 
 #: Test-set sizes of RobustBench's datasets (its leaderboard evaluates the full test set; ImageNet: 5000 images).
@@ -196,7 +202,7 @@ def leaderboard_entry(row):
                      + (" (a subset: not RobustBench's full test set)" if subset else ""))
     architecture = ARCHITECTURES.get(settings.get("model"), settings.get("model") or "unknown")
     return {"link": paper["link"], "name": paper["name"], "authors": paper["authors"], "additional_data": False,
-            "number_forward_passes": 1, "dataset": dataset, "venue": paper["venue"], "architecture": architecture,
+            "number_forward_passes": row.get("forward_passes", 1), "dataset": dataset, "venue": paper["venue"], "architecture": architecture,
             "eps": eps_text(row.get("eps") or 8 / 255), "clean_acc": clean, "reported": robust,
             "footnote": "; ".join(parts) + ".", "autoattack_acc": robust}
 

@@ -86,10 +86,12 @@ def checkpoint_folder(out, path, model):
 
 def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
                  model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
-                 cache_dir=None, seed=0):
+                 cache_dir=None, seed=0, mix_alphas=None):
     """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
     models, each into its own ``eval.json``: a run's in its folder, a loose checkpoint's under
-    ``<out>/checkpoints/``, a zoo model's under ``<out>/zoo/``."""
+    ``<out>/checkpoints/``, a zoo model's under ``<out>/zoo/``. With the runs of the ``mixing`` experiment
+    (by default), also their mixtures at ``mix_alphas`` (:data:`benchmarks.mixtures.MIX_ALPHAS`), each under
+    ``<out>/mixtures/`` (:mod:`benchmarks.mixtures`)."""
     from .demo import resolve_device
     from .evaluate import evaluate_model, parse_attack
 
@@ -116,7 +118,14 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
         name, subset = parse_attack(spec)
         if subset is not None and subset > n:
             raise UsageError(f"--attacks {spec}: more images than the {n} evaluated (--n)")
+    from .mixtures import MIX_ALPHAS, check_alphas
+
+    try:
+        mix_alphas = check_alphas(MIX_ALPHAS if mix_alphas is None else mix_alphas)
+    except ValueError as error:
+        raise UsageError(f"--mix-alphas: {error}") from None
     runs = trained_runs(out)
+    mix = not checkpoints and not zoo
     if not checkpoints and not zoo:
         checkpoints = [os.path.join(folder, MODEL_FILE) for folder, record in runs
                        if record["settings"]["dataset"] == dataset]
@@ -144,6 +153,12 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
         config = {"source": "zoo", "label": name, "train_seed": 0, "dataset": dataset, "threat_model": threat_model}
         sur, config["surrogate"] = _surrogate(surrogate, None, runs, dataset, device)
         targets.append((os.path.join(out, "zoo", f"{dataset}-{threat_model}-{name}"), model, config, sur))
+    if mix:
+        from .mixtures import mixture_targets
+
+        # The trust checks' transfer attack needs a model other than the mixture's own branches: none here.
+        targets += [(folder, model, {**config, "surrogate": None}, None)
+                    for folder, model, config in mixture_targets(out, runs, dataset, device, mix_alphas)]
     results = []
     for folder, model, config, sur in targets:
         print(f"[evaluate] {config['label']} ({config['source']}): {len(images)} {dataset} test images, "
@@ -189,7 +204,8 @@ def cmd_figures(out, data_dir, report_dir=None, device="cpu", n_images=6):
     rows = aggregate(collect(out))
     written = []
     if rows:
-        written.append(figures.tradeoff_scatter(os.path.join(report_dir, "tradeoff.png"), rows))
+        if any("natural" in r["values"] and figures.robust_key(r["values"]) for r in rows):
+            written.append(figures.tradeoff_scatter(os.path.join(report_dir, "tradeoff.png"), rows))
         sweep = [r for r in rows if r["spec"] and r["kind"] == "ours"]
         if len({r["spec"]["eps_low"] for r in sweep if r["spec"]["method"] == "part"}) > 1:
             written.append(figures.eps_low_sweep(os.path.join(report_dir, "eps_low_sweep.png"), sweep))

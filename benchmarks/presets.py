@@ -23,8 +23,11 @@ what travels to that machine beside the 10,000 test images within 64 MiB (``benc
 
 An **experiment** is a list of runs (:class:`RunSpec`): ``main`` (AT vs PART, the README's smoke run), ``table1``
 (the nine rows of Table 1), ``eps-low-sweep`` (Figure 4), ``quadrant`` (Figure 1), ``cam-methods`` (Table 6),
-``generators`` (Table 5: PGD vs MMA as the example generator) and ``mask-rules`` (paper rule vs the released code's
-colour-band rule vs a random mask of the same size, which the published code cannot run).
+``generators`` (Table 5: PGD vs MMA as the example generator), ``mask-rules`` (paper rule vs the released code's
+colour-band rule vs a random mask of the same size, which the published code cannot run), ``budget-rules`` (the
+same plus the continuous rule "linear", eps_low + (eps - eps_low) * CAM, compared at the mean budget each run
+records), ``standard`` (natural training, no attack: the accurate branch of a mixed classifier, through the same
+pipeline) and ``mixing`` (standard and AT, whose mixtures :mod:`benchmarks.mixtures` evaluates).
 """
 
 import dataclasses
@@ -155,6 +158,14 @@ EXPERIMENTS = {
     "mask-rules": lambda: [RunSpec("AT", "at"), RunSpec("PART rule=cam (paper)", "part"),
                            RunSpec("PART rule=jet (released code)", "part", rule="jet"),
                            RunSpec("PART rule=random (same size)", "part", rule="random")],
+    "standard": lambda: [RunSpec("Standard", "standard")],
+    # AT and the paper's rule share main's labels, so in one results folder those two runs are trained once.
+    "budget-rules": lambda: [RunSpec("AT", "at"), RunSpec("PART (s=1)", "part"),
+                             RunSpec("PART rule=jet (released code)", "part", rule="jet"),
+                             RunSpec("PART rule=random (same size)", "part", rule="random"),
+                             RunSpec("PART rule=linear (continuous)", "part", rule="linear")],
+    # The two branches; evaluate adds their mixtures (benchmarks.mixtures). AT is main's run.
+    "mixing": lambda: [RunSpec("Standard", "standard"), RunSpec("AT", "at")],
 }
 
 

@@ -40,7 +40,7 @@ def collect(out):
     """One dict per evaluated model under ``out`` (``runs/*/``, ``checkpoints/*/`` (loose checkpoints evaluated by
     path), ``zoo/*/``): label, seed, kind ("ours"/"zoo"), order, spec, settings, config, folder, results."""
     models = []
-    for kind in ("runs", "checkpoints", "zoo"):
+    for kind in ("runs", "checkpoints", "mixtures", "zoo"):
         root = os.path.join(out, kind)
         if not os.path.isdir(root):
             continue
@@ -57,9 +57,27 @@ def collect(out):
             models.append({"label": meta.get("label", name), "seed": meta.get("train_seed", 0),
                            "kind": "zoo" if kind == "zoo" else "ours", "order": run.get("order", 10**6),
                            "spec": run.get("spec"), "settings": run.get("settings"), "config": meta,
-                           "folder": os.path.join(root, name), "results": stored["results"]})
+                           "folder": os.path.join(root, name), "results": stored["results"],
+                           "training": _last_epoch(os.path.join(root, name, LOG_FILE))})
     models.sort(key=lambda m: (m["kind"] != "ours", m["order"], m["label"], m["seed"]))
     return models
+
+
+#: The trainer's JSON-lines log in a run folder (art_part.trainer.LOG_NAME).
+LOG_FILE = "log.jsonl"
+
+
+def _last_epoch(path):
+    """The training budget of a run's last epoch from its ``log.jsonl``: {"mean_budget", "important_fraction",
+    "epoch"}, or None (no log, an unreadable one, or a log written before the trainer recorded ``mean_budget``)."""
+    try:
+        with open(path) as f:
+            last = json.loads(f.read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not isinstance(last, dict) or not isinstance(last.get("mean_budget"), (int, float)):
+        return None
+    return {key: last.get(key) for key in ("mean_budget", "important_fraction", "epoch")}
 
 
 def _mean_std(values):
@@ -80,6 +98,8 @@ def aggregate(models):
                                                "config": model.get("config") or {}, "values": {}, "n": {},
                                                "corruptions": {}, "trust": {}, "failed": set()})
         row["seeds"].append(model["seed"])
+        if model.get("training"):
+            row.setdefault("training", []).append(model["training"])
         for name, result in model["results"].items():
             if "/" in name:  # one corruption; its severity's mean is the main entry
                 continue
@@ -102,6 +122,9 @@ def aggregate(models):
         config = row["config"]
         out.append({"label": row["label"], "kind": row["kind"], "seeds": row["seeds"], "spec": row["spec"],
                     "settings": row["settings"], "dataset": config.get("dataset"),
+                    "forward_passes": config.get("forward_passes", 1),
+                    "training_budget": _training_budget(row.get("training")),
+                    **{key: config[key] for key in ("curve", "curve_position", "curve_label") if key in config},
                     "eps": config.get("eps", DEFAULT_EPS), "values": values, "corruptions": corruptions,
                     "trust": trust, "failed": sorted(row["failed"])})
     add_statistics(out, models)
@@ -290,6 +313,34 @@ def _columns(rows):
     return sorted({name for row in rows for name in row["values"]}, key=_column_key)
 
 
+def _training_budget(records):
+    """Mean over seeds of the last epoch's mean per-entry budget and full-eps fraction, or None."""
+    if not records:
+        return None
+    fractions = [r["important_fraction"] for r in records if isinstance(r.get("important_fraction"), (int, float))]
+    return {"mean_budget": sum(r["mean_budget"] for r in records) / len(records),
+            "important_fraction": sum(fractions) / len(fractions) if fractions else None,
+            "epoch": records[0].get("epoch"), "seeds": len(records)}
+
+
+def _training_markdown(rows):
+    """A table of the budgets the runs trained with (their last epoch), when some row differs from eps: the rules
+    compared at a known average budget."""
+    trained = [row for row in rows if row.get("training_budget")]
+    if not any(abs(row["training_budget"]["mean_budget"] - row.get("eps", DEFAULT_EPS)) > 1e-9 for row in trained):
+        return []
+    lines = ["", "### Training budgets (last epoch)", "",
+             "Mean per-entry L-inf budget of the training attacks in the last epoch (in /255; AT: eps everywhere) "
+             "and the fraction of entries at the full eps.", "",
+             "| model | mean budget (/255) | entries at full eps |", "|---|---:|---:|"]
+    for row in trained:
+        budget = row["training_budget"]
+        fraction = budget["important_fraction"]
+        lines.append(f"| {row['label']} | {255 * budget['mean_budget']:.3f} | "
+                     f"{'-' if fraction is None else f'{100 * fraction:.1f}%'} |")
+    return lines
+
+
 def _pct(entry):
     if entry is None:
         return "-"
@@ -324,6 +375,7 @@ def markdown(rows, title="Comparison"):
                  *([_pct(row.get("worst_case"))] if worst else []), _trust_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _worst_case_notes(rows)
+    lines += _training_markdown(rows)
     severities = sorted({sev for row in rows for sev in row["corruptions"]})
     for severity in severities:
         corruptions = list(dict.fromkeys(c for row in rows for c in row["corruptions"].get(severity, {})))

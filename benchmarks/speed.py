@@ -435,10 +435,11 @@ def cam_pass_seconds(setup, trainer, passes):
     """(wall, CPU) seconds of mask refreshes over the whole training set (``MaskCache.refresh``, as the trainer)."""
     import torch
 
-    from art_part.masks import MaskCache
+    from art_part.masks import MaskCache, mask_dtype
 
     x = torch.as_tensor(setup.x_np, device=setup.device)
-    cache = MaskCache(len(x), (3 if trainer.attack.rule == "jet" else 1, *x.shape[2:]), setup.device)
+    cache = MaskCache(len(x), (3 if trainer.attack.rule == "jet" else 1, *x.shape[2:]), setup.device,
+                      mask_dtype(trainer.attack.rule))
     batches = [(x[i:i + setup.batch_size], torch.arange(i, min(i + setup.batch_size, len(x)), device=setup.device))
                for i in range(0, len(x), setup.batch_size)]
     wall, cpu = [], []

@@ -152,11 +152,11 @@ def train_run(settings, spec, seed, out, data, device, progress=True, order=0, e
           f"images, {precision}{', channels-last' if channels_last else ''} -> {folder}", flush=True)
 
     def report(_, epoch):
-        natural = epoch["natural_acc"]
+        natural, adversarial = epoch["natural_acc"], epoch["adversarial_acc"]  # None: not measured ("standard")
         print(f"[train] {spec.label} seed {seed} epoch {epoch['epoch']}/{settings['epochs']} ({epoch['phase']}): "
               f"loss {epoch['loss']:.3f}, natural {'-' if natural is None else f'{100 * natural:.1f}%'}, "
-              f"adversarial {100 * epoch['adversarial_acc']:.1f}%, lr {epoch['lr']:.4f}, {epoch['seconds']:.1f} s",
-              flush=True)
+              f"adversarial {'-' if adversarial is None else f'{100 * adversarial:.1f}%'}, lr {epoch['lr']:.4f}, "
+              f"{epoch['seconds']:.1f} s", flush=True)
         if on_epoch is not None:
             on_epoch(epoch)
 

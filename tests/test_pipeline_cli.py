@@ -196,3 +196,20 @@ def test_train_and_evaluate_on_the_tiny_imagenet_sample(data_dir, tmp_path):
     assert main(["evaluate", "--dataset", "tiny-imagenet", "--data-dir", str(root), "--out", str(out), "--n", "10",
                  "--attacks", "natural", "--no-progress"]) == 0
     assert json.loads((folder / "eval.json").read_text())["results"]["natural"]["n"] == 10
+
+
+def test_train_the_standard_experiment(data_dir, tmp_path, capsys):
+    """Method "standard" from the command line: natural training through the same pipeline, no adversarial accuracy
+    in its log (None, printed as "-")."""
+    out = tmp_path / "out"
+    assert main(["train", "--experiment", "standard", "--data-dir", data_dir, "--out", str(out), "--epochs", "1",
+                 "--n-train", "64", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "adversarial -," in printed
+    folder = out / "runs" / "cifar10-tiny-standard-seed0"
+    assert json.loads((folder / "run.json").read_text())["spec"]["method"] == "standard"
+    (record,) = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert record["method"] == "standard" and record["adversarial_acc"] is None and record["mean_budget"] is None
+    assert 0 <= record["natural_acc"] <= 1
+    model, saved = load_model(str(folder / "model.pt"))
+    assert saved["method"] == "standard" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

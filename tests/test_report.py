@@ -331,3 +331,20 @@ def test_pooled_verdict_warns_when_images_as_units_disagree():
     assert pooled["p_images"] == pytest.approx(binomtest(3, 13, 0.5).pvalue)
     assert verdict(pooled, pooled=True) == ("distinguishable from zero (p < 0.05); not with the images as units "
                                             f"(p = {pooled['p_images']:.3f})")
+
+
+def test_training_budgets_come_from_each_runs_last_epoch(results_dir):
+    # PART's seeds trained at 7.2/255 and 7.4/255 on average in their last epoch; AT's log predates mean_budget.
+    for seed, budget in ((0, 7.2), (1, 7.4)):
+        records = [{"epoch": 1, "mean_budget": 8 / 255, "important_fraction": 1.0},
+                   {"epoch": 2, "mean_budget": budget / 255, "important_fraction": 0.2 + 0.1 * seed}]
+        (results_dir / "runs" / f"a-part-seed{seed}" / "log.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records))
+    (results_dir / "runs" / "b-at-seed0" / "log.jsonl").write_text(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
+    rows = {r["label"]: r for r in aggregate(collect(str(results_dir)))}
+    budget = rows["PART"]["training_budget"]
+    assert budget["mean_budget"] == pytest.approx(7.3 / 255) and budget["important_fraction"] == pytest.approx(0.25)
+    assert budget["seeds"] == 2 and budget["epoch"] == 2
+    assert rows["AT"]["training_budget"] is None and rows["Foo"]["training_budget"] is None
+    text = markdown(list(rows.values()))
+    assert "### Training budgets (last epoch)" in text and "| PART | 7.300 | 25.0% |" in text

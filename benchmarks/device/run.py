@@ -640,8 +640,9 @@ class DeviceRun:
                       "|---:|---|---:|---:|---:|---:|---:|"]
             for r in log:
                 nat = "-" if r.get("natural_acc") is None else f"{100 * r['natural_acc']:.1f}"
+                adv = "-" if r.get("adversarial_acc") is None else f"{100 * r['adversarial_acc']:.1f}"  # "standard"
                 lines.append(f"| {r['epoch']} | {r['phase']} | {r['loss']:.3f} | {nat} | "
-                             f"{100 * r['adversarial_acc']:.1f} | {r['lr']:.4f} | {r['seconds']:.1f} |")
+                             f"{adv} | {r['lr']:.4f} | {r['seconds']:.1f} |")
         report = os.path.join(self.results, "report", "comparison.md")
         if os.path.exists(report):
             with open(report) as f:
