@@ -136,6 +136,11 @@ def _add_train_options(parser):
                         help="override the preset's epochs (the burn-in is cut to epochs - 1 when longer)")
     parser.add_argument("--n-train", type=positive_int, default=None,
                         help="override the preset's training subset: the first N training images")
+    from .models import MODELS
+
+    parser.add_argument("--model", choices=sorted(MODELS), default=None,
+                        help="override the preset's architecture (smoke: tiny; paper: resnet18, wrn-34-10 on "
+                             "tiny-imagenet); vit-cifar is a CIFAR-sized ViT (timm, patch 4, 32x32 only)")
 
 
 def _add_evaluate_options(parser):
@@ -172,7 +177,8 @@ def cmd_train(args):
 
     check_out_folder(args.out)
     train(args.preset, args.experiment, args.dataset, args.seeds, args.out or default_out(args.preset),
-          args.data_dir, args.device, epochs=args.epochs, n_train=args.n_train, progress=not args.no_progress)
+          args.data_dir, args.device, epochs=args.epochs, n_train=args.n_train, progress=not args.no_progress,
+          model=args.model)
     return 0
 
 
@@ -268,7 +274,7 @@ def cmd_run(args):
     progress = not args.no_progress
     suite_attacks(args.preset, args.dataset, args.attacks)  # a typo in --attacks fails now, not after training
     cmd_train(args.preset, args.experiment, args.dataset, args.seeds, out, args.data_dir, args.device,
-              epochs=args.epochs, n_train=args.n_train, progress=progress)
+              epochs=args.epochs, n_train=args.n_train, progress=progress, model=args.model)
     cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
                  batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
                  progress=progress, cache_dir=args.cache_dir, mix_alphas=args.mix_alphas)

@@ -80,7 +80,8 @@ def mixture_targets(out, runs, dataset, device, alphas=MIX_ALPHAS):
                         "robust": {"label": rob["label"], "folder": rob_folder, "weights": weights_digest(robust)},
                         "alpha": alpha}
             record = {"label": label, "seed": seed, "experiment": "mixing", "order": 10**5 + int(1000 * alpha),
-                      "spec": {"method": "mixing", "alpha": alpha}, "settings": rob["settings"],
+                      "spec": {"method": "mixing", "alpha": alpha, "eps": rob["spec"]["eps"]},
+                      "settings": rob["settings"],
                       "mixture": branches}
             os.makedirs(folder, exist_ok=True)
             atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(folder, RUN_FILE))

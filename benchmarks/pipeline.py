@@ -16,10 +16,24 @@ def default_out(preset):
     return os.path.join("results", preset)
 
 
-def cmd_train(preset, experiment, dataset, seeds, out, data_dir, device, epochs=None, n_train=None, progress=True):
+#: Models that take only 32 x 32 images (a fixed position embedding).
+SIZE_32_ONLY = ("vit-cifar", "vit-tiny-test")
+
+
+def cmd_train(preset, experiment, dataset, seeds, out, data_dir, device, epochs=None, n_train=None, progress=True,
+              model=None):
     from .demo import resolve_device
+    from .models import MODELS
+    from .presets import RECIPES
 
     settings = resolve(preset, dataset)
+    if model is not None:
+        if model not in MODELS:
+            raise UsageError(f"--model must be one of {sorted(MODELS)}, got {model!r}")
+        if model in SIZE_32_ONLY and RECIPES[dataset].image_size != 32:
+            raise UsageError(f"--model {model} takes 32x32 images; {dataset} has "
+                             f"{RECIPES[dataset].image_size}x{RECIPES[dataset].image_size}")
+        settings["model"] = model  # part of the run folder's name: other models never share a folder
     if epochs is not None:
         settings["epochs"] = epochs
         settings["burn_in"] = min(settings["burn_in"], max(0, epochs - 1))

@@ -539,7 +539,8 @@ def _paired_markdown(rows):
 
 
 #: PART variants and the method each reweights (their baseline in the paired-differences figure).
-BASELINES = {"part": "at", "part-t": "trades", "part-m": "mart"}
+#: method -> the method it is compared with in the paired-differences figure (a mixture: with its AT branch).
+BASELINES = {"part": "at", "part-t": "trades", "part-m": "mart", "mixing": "at"}
 
 
 def figure_comparisons(rows, limit=6):

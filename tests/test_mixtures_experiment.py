@@ -84,6 +84,11 @@ def test_mixtures_are_evaluated_reported_and_drawn(mixing_out, data_dir, cifar_t
     # One curve, ordered by alpha.
     assert {r["curve"] for r in mixed.values()} == {"mixing Standard + AT"}
     assert [mixed[a]["curve_position"] for a in alphas] == list(alphas)
+    # The paired-differences figure compares each mixture with its AT branch.
+    from benchmarks.report import figure_comparisons
+
+    assert {(c["first"], c["second"]) for c in figure_comparisons(list(rows.values()))} == \
+        {("AT", f"Mix Standard+AT alpha={a:g}") for a in alphas}
     from benchmarks.figures import tradeoff_scatter
 
     path = tradeoff_scatter(str(out / "tradeoff.png"), list(rows.values()))

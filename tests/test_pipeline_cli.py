@@ -213,3 +213,26 @@ def test_train_the_standard_experiment(data_dir, tmp_path, capsys):
     assert 0 <= record["natural_acc"] <= 1
     model, saved = load_model(str(folder / "model.pt"))
     assert saved["method"] == "standard" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_train_a_vit_from_the_command_line(data_dir, tmp_path, capsys):
+    """--model picks the architecture: PART on the CIFAR-sized ViT (its token CAMs), in a folder of its own."""
+    out = tmp_path / "out"
+    assert main(["train", "--experiment", "main", "--model", "vit-tiny-test", "--data-dir", data_dir, "--out",
+                 str(out), "--epochs", "2", "--n-train", "64", "--no-progress"]) == 0
+    folders = sorted(p.name for p in (out / "runs").iterdir())
+    assert folders == ["cifar10-vit-tiny-test-at-seed0", "cifar10-vit-tiny-test-part-s-1-seed0"]
+    part = out / "runs" / "cifar10-vit-tiny-test-part-s-1-seed0"
+    last = [json.loads(line) for line in (part / "log.jsonl").read_text().splitlines()][-1]
+    # float32 means: 8/255 to within 1e-6 (a ViT at this size mostly has empty CAMs, i.e. eps everywhere)
+    assert last["phase"] == "part" and 7 / 255 - 1e-6 <= last["mean_budget"] <= 8 / 255 + 1e-6
+    model, saved = load_model(str(part / "model.pt"))
+    assert type(model).__name__ == "VisionTransformer" and saved["method"] == "part"
+    with pytest.raises(SystemExit):  # not a model name: argparse lists the choices
+        main(["train", "--model", "vit", "--data-dir", data_dir, "--out", str(out)])
+    assert "invalid choice: 'vit'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # before any data is read or any folder made
+        main(["train", "--model", "vit-cifar", "--dataset", "tiny-imagenet", "--data-dir", data_dir, "--out",
+              str(tmp_path / "other")])
+    assert exit_.value.code == 2 and not (tmp_path / "other").exists()
+    assert "--model vit-cifar takes 32x32 images; tiny-imagenet has 64x64" in capsys.readouterr().err
