@@ -188,7 +188,7 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     kinds, ns, seeds, lows, highs = set(), set(), set(), [], []
-    curves = {}
+    curves, labelled = {}, []
     for row in points:
         nat, rob = row["values"]["natural"], row["values"][key]
         (nl, nh, nk), (rl, rh, rk) = accuracy_interval(nat), accuracy_interval(rob)
@@ -204,7 +204,7 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
         marker = "s" if row["kind"] == "zoo" else ("D" if "PART" in row["label"] else "o")
         ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
                     fmt=marker, capsize=3, markersize=6, label=row["label"], zorder=3)
-        ax.annotate(row["label"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        labelled.append((x, y, row["label"]))
     for name, members in curves.items():
         members.sort(key=lambda m: m[0])
         line, = ax.plot([m[1] for m in members], [m[2] for m in members], "-", marker=".", markersize=7,
@@ -234,8 +234,14 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
     how = " and ".join(sorted(k for k in kinds if k != "none")) or "no interval"
     ax.set_title(f"accuracy-robustness trade-off (up and right is better)\n{n_text} test images, {seed_text}; "
                  f"bars: 95 % intervals ({how})", fontsize=9)
-    if curves:
-        ax.legend(fontsize=8, loc="best")
+    # Labels beside the points when they are few and apart; a legend when points would share a label's place.
+    crowded = len(labelled) > 4 or any(abs(a[0] - b[0]) < 0.12 * span and abs(a[1] - b[1]) < 0.05 * span
+                                       for i, a in enumerate(labelled) for b in labelled[i + 1:])
+    if not crowded:
+        for x, y, label in labelled:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    if curves or crowded:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     return save_figure(fig, path, dpi=dpi)
 
