@@ -49,3 +49,13 @@ def tiny_model():
 def resnet18():
     """Real pretrained CIFAR-10 ResNet-18 (eval mode). Do not modify it in a test."""
     return pretrained_resnet18()
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny batches on a busy 2-core CPU make a 2-thread pool mostly spin-wait (7-20x
+    slower measured here). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -99,12 +99,18 @@ def test_budget_broadcasts_to_images(real_cams, cifar_test):
     assert set(torch.unique(budget).tolist()) == {np.float32(EPS).item(), np.float32(EPS_LOW).item()}
 
 
-def test_degenerate_maps_get_full_eps_and_are_counted(real_cams):
+def degenerate_examples(real_cams):
+    """Five maps: all zero, constant, with a NaN, with an inf, and one real map (the only one not degenerate)."""
     cams = real_cams[:5].clone()
     cams[0] = 0.0
     cams[1] = 0.37
     cams[2, 3, 4] = float("nan")
     cams[3, 0, 0] = float("inf")
+    return cams
+
+
+def test_degenerate_maps_get_full_eps_and_are_counted(real_cams):
+    cams = degenerate_examples(real_cams)
     assert degenerate_maps(cams).tolist() == [True, True, True, True, False]
     for rule in ("cam", "jet", "random", "linear"):
         budget = budget_map(cams, EPS, EPS_LOW, rule)
@@ -312,11 +318,7 @@ def test_linear_rule_on_real_maps_endpoints_exact(real_cams):
 
 
 def test_linear_rule_degenerate_maps_get_full_eps(real_cams):
-    cams = real_cams[:5].clone()
-    cams[0] = 0.0
-    cams[1] = 0.37
-    cams[2, 3, 4] = float("nan")
-    cams[3, 0, 0] = float("inf")
+    cams = degenerate_examples(real_cams)
     budget = budget_map(cams, EPS, EPS_LOW, "linear")
     assert torch.isfinite(budget).all()
     assert (budget[:4] == np.float32(EPS)).all()

@@ -16,13 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N = 12  # with --batch-size 8: batches of 8 and 4 (MMA: 2 images per batch), so results accumulate over batches
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run tiny batches: on a busy CPU a 2-thread pool mostly spin-waits on them (7x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny batches, one thread
 
 
 def test_demo_writes_consistent_figures(data_dir, tmp_path, capsys, resnet18):

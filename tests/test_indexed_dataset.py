@@ -33,13 +33,7 @@ EPS, EPS_LOW = 8 / 255, 4 / 255
 N, BATCH = 128, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batches of 64 tiny-CNN images: on a busy 2-core CPU a 2-thread pool mostly spin-waits on them (much slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny batches, one thread
 
 
 @pytest.fixture(scope="module")

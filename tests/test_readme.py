@@ -70,13 +70,7 @@ def patched(code):
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batches: on a busy 2-core CPU a 2-thread pool mostly spin-waits on them (20x slower measured here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny batches, one thread
 
 
 def test_the_readme_has_its_snippets():

@@ -69,6 +69,25 @@ def make_trainer(model, method="part", lr=LR, **kwargs):
     return AdversarialTrainerPARTPyTorch(make_classifier(model, lr), **options)
 
 
+def spy_on_mask_cache(monkeypatch, model):
+    """Record each mask refresh (its epoch and a frozen copy of the model it used) and each lookup (indices, crop
+    offsets, flips) of the trainer's MaskCache. Returns the two lists, filled as training runs."""
+    refreshes, lookups = [], []
+    real_refresh, real_lookup = MaskCache.refresh, MaskCache.lookup
+
+    def refresh_spy(self, important, batches, epoch):
+        refreshes.append((epoch, copy.deepcopy(model).eval()))
+        return real_refresh(self, important, batches, epoch)
+
+    def lookup_spy(self, indices, offsets=None, flips=None, padding=4):
+        lookups.append((indices.clone(), offsets.clone(), flips.clone()))
+        return real_lookup(self, indices, offsets, flips, padding)
+
+    monkeypatch.setattr(MaskCache, "refresh", refresh_spy)
+    monkeypatch.setattr(MaskCache, "lookup", lookup_spy)
+    return refreshes, lookups
+
+
 def spy_attack(trainer, extra=None):
     """Record (images, labels, budget[, extra(images)]) of every call of the trainer's attack."""
     calls = []
@@ -243,24 +262,13 @@ def test_s2_masks_are_cached_per_sample_and_moved_with_their_images(new_model, t
     x_tensor = torch.from_numpy(x)
     model = new_model()
     trainer = make_trainer(model, "part", mask_refresh=2, lr=0.1)
-    refreshes, lookups, draws = [], [], []
-
-    real_refresh, real_lookup, real_draw = MaskCache.refresh, MaskCache.lookup, trainer_module.draw_crop_flip
-
-    def refresh_spy(self, important, batches, epoch):
-        refreshes.append((epoch, copy.deepcopy(model).eval()))
-        return real_refresh(self, important, batches, epoch)
-
-    def lookup_spy(self, indices, offsets=None, flips=None, padding=4):
-        lookups.append((indices.clone(), offsets.clone(), flips.clone()))
-        return real_lookup(self, indices, offsets, flips, padding)
+    refreshes, lookups = spy_on_mask_cache(monkeypatch, model)
+    draws, real_draw = [], trainer_module.draw_crop_flip
 
     def draw_spy(*args, **kwargs):
         draws.append(real_draw(*args, **kwargs))
         return draws[-1]
 
-    monkeypatch.setattr(MaskCache, "refresh", refresh_spy)
-    monkeypatch.setattr(MaskCache, "lookup", lookup_spy)
     monkeypatch.setattr(trainer_module, "draw_crop_flip", draw_spy)
     calls = spy_attack(trainer)
     trainer.fit(x, y, batch_size=64, nb_epochs=5)
@@ -691,19 +699,7 @@ def test_linear_rule_s2_caches_float_maps_and_moves_them_with_their_images(new_m
     x_tensor = torch.from_numpy(x)
     model = new_model()
     trainer = make_trainer(model, "part", rule="linear", mask_refresh=2, checkpoint_dir=str(tmp_path))
-    refreshes, lookups = [], []
-    real_refresh, real_lookup = MaskCache.refresh, MaskCache.lookup
-
-    def refresh_spy(self, important, batches, epoch):
-        refreshes.append((epoch, copy.deepcopy(model).eval()))
-        return real_refresh(self, important, batches, epoch)
-
-    def lookup_spy(self, indices, offsets=None, flips=None, padding=4):
-        lookups.append((indices.clone(), offsets.clone(), flips.clone()))
-        return real_lookup(self, indices, offsets, flips, padding)
-
-    monkeypatch.setattr(MaskCache, "refresh", refresh_spy)
-    monkeypatch.setattr(MaskCache, "lookup", lookup_spy)
+    refreshes, lookups = spy_on_mask_cache(monkeypatch, model)
     calls = spy_attack(trainer)
     trainer.fit(x, y, batch_size=64, nb_epochs=3)
 
