@@ -205,11 +205,19 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
         ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
                     fmt=marker, capsize=3, markersize=6, label=row["label"], zorder=3)
         labelled.append((x, y, row["label"]))
+    placed = {label: (x, y) for x, y, label in labelled}
     for name, members in curves.items():
+        # A mixture at alpha 0 or 1 is its branch itself: when not evaluated, the branches' own points end the line.
+        ends = next((m[3].get("curve_ends") for m in members if m[3].get("curve_ends")), None) or ()
+        for position, label in zip((0.0, 1.0), ends):
+            if label in placed and all(m[0] != position for m in members):
+                members.append((position, *placed[label], None))
         members.sort(key=lambda m: m[0])
         line, = ax.plot([m[1] for m in members], [m[2] for m in members], "-", marker=".", markersize=7,
                         label=name, zorder=2)
         for _, x, y, row in members:
+            if row is None:  # a branch's own point, drawn with its intervals above
+                continue
             value_n, value_r = row["values"]["natural"], row["values"][key]
             (nl, nh, _), (rl, rh, _) = accuracy_interval(value_n), accuracy_interval(value_r)
             ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],

@@ -125,6 +125,8 @@ def aggregate(models):
                     "forward_passes": config.get("forward_passes", 1),
                     "training_budget": _training_budget(row.get("training")),
                     **{key: config[key] for key in ("curve", "curve_position", "curve_label") if key in config},
+                    **({"curve_ends": [config["mixture"]["accurate"]["label"], config["mixture"]["robust"]["label"]]}
+                       if isinstance(config.get("mixture"), dict) else {}),
                     "eps": config.get("eps", DEFAULT_EPS), "values": values, "corruptions": corruptions,
                     "trust": trust, "failed": sorted(row["failed"])})
     add_statistics(out, models)

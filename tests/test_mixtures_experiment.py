@@ -84,6 +84,7 @@ def test_mixtures_are_evaluated_reported_and_drawn(mixing_out, data_dir, cifar_t
     # One curve, ordered by alpha.
     assert {r["curve"] for r in mixed.values()} == {"mixing Standard + AT"}
     assert [mixed[a]["curve_position"] for a in alphas] == list(alphas)
+    assert mixed[0.5]["curve_ends"] == ["Standard", "AT"]  # the branches end the curve when 0 and 1 are not run
     # The paired-differences figure compares each mixture with its AT branch.
     from benchmarks.report import figure_comparisons
 
