@@ -516,7 +516,14 @@ def cam_comparison(model, images, device, layer, repeats=5):
         return cam_maps(model, x, target_layer=layer)
 
     timed = {}
-    with GradCAM(model=library_model, target_layers=[library_model.get_submodule(layer)]) as cam:
+    target = library_model.get_submodule(layer)
+    reshape = None
+    if any(hasattr(m, "patch_embed") for m in library_model.modules()):
+        # A ViT's block outputs tokens: pytorch-grad-cam needs the reshape to the patch grid that cam_maps does.
+        from torchattacks_part.cam import token_reshape_transform
+
+        reshape = token_reshape_transform(library_model, target, tuple(x.shape[-2:]))
+    with GradCAM(model=library_model, target_layers=[target], reshape_transform=reshape) as cam:
         def library():
             return cam(input_tensor=x, targets=None)
 

@@ -23,3 +23,18 @@ def test_speed_benchmark_writes_all_runs(data_dir, tmp_path, capsys):
     assert report["config"]["n"] == 64 and report["config"]["model"] == "tiny"
     printed = capsys.readouterr().out
     assert "| ratio of median epochs | wall | CPU time |" in printed and "PART (s=1) / AT" in printed
+
+
+def test_cam_comparison_equals_pytorch_grad_cam_on_a_cnn_and_a_vit(cifar_batch):
+    """The speed benchmark's CAM comparison gives pytorch-grad-cam the ViT's token reshape (else its maps of a
+    token layer are wrong), so both architectures agree to float precision."""
+    import torch
+
+    from benchmarks.models import CAM_LAYERS, build_model
+
+    images = cifar_batch[0][:8]
+    for name in ("tiny", "vit-tiny-test"):
+        torch.manual_seed(0)
+        result = speed.cam_comparison(build_model(name, 10), images, torch.device("cpu"), CAM_LAYERS[name],
+                                      repeats=1)
+        assert result["shape"] == [8, 32, 32] and result["maps_equal_1e-4"], (name, result["max_abs_difference"])
