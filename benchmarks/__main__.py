@@ -158,6 +158,9 @@ def _add_evaluate_options(parser):
     parser.add_argument("--cache-dir", default=None,
                         help="where generated CIFAR-10-C goes when the official files are not in "
                              "<data-dir>/CIFAR-10-C (default <out>/data)")
+    parser.add_argument("--cifar10c-all-severities", action="store_true",
+                        help="when cifar10c-S has to generate CIFAR-10-C, generate all five severities (146 MB for "
+                             "500 images) rather than S alone")
     parser.add_argument("--mix-alphas", type=float, nargs="+", default=None, metavar="ALPHA",
                         help="weights of the robust branch of the mixing experiment's mixtures, each in [0, 1] "
                              "(default 0 0.25 0.5 0.75 1; used only when the runs of --experiment mixing are there)")
@@ -205,7 +208,7 @@ def cmd_evaluate(args):
              n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
              model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
              surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir,
-             mix_alphas=args.mix_alphas)
+             mix_alphas=args.mix_alphas, all_severities=args.cifar10c_all_severities)
     return 0
 
 
@@ -277,7 +280,8 @@ def cmd_run(args):
               epochs=args.epochs, n_train=args.n_train, progress=progress, model=args.model)
     cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
                  batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
-                 progress=progress, cache_dir=args.cache_dir, mix_alphas=args.mix_alphas)
+                 progress=progress, cache_dir=args.cache_dir, mix_alphas=args.mix_alphas,
+                 all_severities=args.cifar10c_all_severities)
     cmd_compare(out)
     cmd_figures(out, args.data_dir)
     # Timings depend on what else the machine runs: say how long this took and how busy the machine was.

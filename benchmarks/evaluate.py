@@ -368,13 +368,18 @@ def accuracy_under(job, attack, model, images, labels, store, batch_size, device
     return results
 
 
-def evaluate_corruptions(name, model, store, n, batch_size, device, seed, progress, data_dir, cache_dir):
+def evaluate_corruptions(name, model, store, n, batch_size, device, seed, progress, data_dir, cache_dir,
+                         all_severities=False):
     """One result per CIFAR-10-C corruption at the severity of ``name`` on the first ``n`` test images, then their
-    mean under ``name``."""
+    mean under ``name``. Generated images cover that severity only, or all five with ``all_severities``."""
     from . import corruptions as cc
 
     severity = int(name[-1])
     folder = cc.cifar10c_folder(data_dir, cache_dir, n=n, severity=severity)
+    if folder is None and all_severities:
+        print(f"[evaluate] CIFAR-10-C: no official files in {os.path.join(data_dir, 'CIFAR-10-C')}; generating "
+              f"the 5 severities of the 19 corruptions of the first {n} test images into {cache_dir}", flush=True)
+        folder = cc.generate_cifar10c(data_dir, cache_dir, n=n, progress=progress, severities="all")
     if folder is None:
         # Only the severity evaluated: the five would cost five times the time and disk (140 MB for 500 images).
         # A later cifar10c-S adds its severity to the same folder; `python -m benchmarks cifar10c` generates all.
@@ -397,7 +402,7 @@ def evaluate_corruptions(name, model, store, n, batch_size, device, seed, progre
 
 
 def evaluate_model(model, images, labels, out_dir, attacks, config, batch_size=500, device=None, seed=0,
-                   progress=True, data_dir=None, cache_dir=None, surrogate=None):
+                   progress=True, data_dir=None, cache_dir=None, surrogate=None, all_severities=False):
     """Run ``attacks`` on ``model``; results in ``<out_dir>/eval.json``, returned as its dict.
 
     :param model: classifier on [0, 1] images returning logits; evaluated in eval mode.
@@ -406,6 +411,8 @@ def evaluate_model(model, images, labels, out_dir, attacks, config, batch_size=5
     :param config: what identifies the evaluated model (label, dataset, ...); the weights' digest, ``seed``, eps
         and ``batch_size`` are added. A stored file with another identity is refused rather than mixed.
     :param surrogate: optional model for the trust checks' transfer attack.
+    :param all_severities: when ``cifar10c-S`` must generate CIFAR-10-C, generate all five severities (RobustBench's
+        layout, reused by any later severity) instead of S alone.
     """
     from . import trust
 
@@ -433,7 +440,7 @@ def evaluate_model(model, images, labels, out_dir, attacks, config, batch_size=5
             continue
         if name.startswith("cifar10c-"):
             result = evaluate_corruptions(name, model, store, n, batch_size, device, seed, progress, data_dir,
-                                          cache_dir)
+                                          cache_dir, all_severities)
         elif name == "trust":
             began = time.perf_counter()
             checks = trust.trust_checks(model, x, y, eps=EPS, surrogate=surrogate, batch_size=batch_size,

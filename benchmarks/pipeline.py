@@ -100,7 +100,7 @@ def checkpoint_folder(out, path, model):
 
 def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
                  model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
-                 cache_dir=None, seed=0, mix_alphas=None):
+                 cache_dir=None, seed=0, mix_alphas=None, all_severities=False):
     """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
     models, each into its own ``eval.json``: a run's in its folder, a loose checkpoint's under
     ``<out>/checkpoints/``, a zoo model's under ``<out>/zoo/``. With the runs of the ``mixing`` experiment
@@ -179,7 +179,7 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
               f"{len(attacks)} attacks -> {folder}", flush=True)
         results.append(evaluate_model(model, images, labels, folder, attacks, config, batch_size=batch_size,
                                       device=device, seed=seed, progress=progress, data_dir=data_dir,
-                                      cache_dir=cache_dir, surrogate=sur))
+                                      cache_dir=cache_dir, surrogate=sur, all_severities=all_severities))
     return results
 
 

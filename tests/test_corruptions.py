@@ -704,3 +704,30 @@ def test_the_cifar10c_command_generates_the_severities_asked(data_dir, tmp_path,
     with pytest.raises(SystemExit):
         main(["cifar10c", "--data-dir", data_dir, "--out", str(tmp_path), "--severities", "6"])
     assert "invalid choice: 6" in capsys.readouterr().err
+
+
+def test_an_evaluation_asked_for_all_severities_generates_the_five(data_dir, cifar_test, tiny_model, tmp_path,
+                                                                     monkeypatch, capsys):
+    """all_severities=True (CLI --cifar10c-all-severities): cifar10c-1 generates RobustBench's five-severity layout
+    once, and a later cifar10c-4 reads it, generating nothing."""
+    from benchmarks.evaluate import evaluate_model
+
+    n, cache = 8, tmp_path / "cache"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-batches-py").symlink_to(os.path.join(os.path.abspath(data_dir), "cifar-10-batches-py"))
+    calls = counting_corrupt(monkeypatch)
+
+    def run(attack):
+        return evaluate_model(tiny_model, cifar_test[0][:n], cifar_test[1][:n], str(tmp_path / "eval"), [attack],
+                              {"label": "tiny"}, batch_size=8, progress=False, data_dir=str(data),
+                              cache_dir=str(cache), all_severities=True)
+
+    run("cifar10c-1")
+    assert "generating the 5 severities" in capsys.readouterr().out
+    assert sorted(calls) == sorted((name, s) for name in CORRUPTIONS for s in SEVERITIES)
+    folder = cache / "CIFAR-10-C-first8"
+    assert sorted(os.listdir(folder)) == sorted(["GENERATED.json", "labels.npy"] + [f"{c}.npy" for c in CORRUPTIONS])
+    calls.clear()
+    run("cifar10c-4")
+    assert calls == []
