@@ -161,6 +161,9 @@ def _add_evaluate_options(parser):
     parser.add_argument("--cifar10c-all-severities", action="store_true",
                         help="when cifar10c-S has to generate CIFAR-10-C, generate all five severities (146 MB for "
                              "500 images) rather than S alone")
+    parser.add_argument("--mix-accurate", choices=("standard", "pretrained"), default="standard",
+                        help="accurate branch of the mixing experiment's mixtures: its standard run, or the "
+                             "pretrained CIFAR-10 ResNet-18 of the pyautoattack wheel (default standard)")
     parser.add_argument("--mix-alphas", type=float, nargs="+", default=None, metavar="ALPHA",
                         help="weights of the robust branch of the mixing experiment's mixtures, each in [0, 1] "
                              "(default 0 0.25 0.5 0.75 1; used only when the runs of --experiment mixing are there)")
@@ -208,7 +211,8 @@ def cmd_evaluate(args):
              n=args.n, batch_size=args.batch_size, checkpoints=args.checkpoint, zoo=args.zoo,
              model_dir=args.model_dir, dataset=args.dataset, threat_model=args.threat_model,
              surrogate=args.surrogate, progress=not args.no_progress, cache_dir=args.cache_dir,
-             mix_alphas=args.mix_alphas, all_severities=args.cifar10c_all_severities)
+             mix_alphas=args.mix_alphas, all_severities=args.cifar10c_all_severities,
+             mix_accurate=args.mix_accurate)
     return 0
 
 
@@ -281,7 +285,7 @@ def cmd_run(args):
     cmd_evaluate(args.preset, out, args.data_dir, args.device, attacks=args.attacks, n=args.n,
                  batch_size=args.batch_size, dataset=args.dataset, surrogate=args.surrogate,
                  progress=progress, cache_dir=args.cache_dir, mix_alphas=args.mix_alphas,
-                 all_severities=args.cifar10c_all_severities)
+                 all_severities=args.cifar10c_all_severities, mix_accurate=args.mix_accurate)
     cmd_compare(out)
     cmd_figures(out, args.data_dir)
     # Timings depend on what else the machine runs: say how long this took and how busy the machine was.

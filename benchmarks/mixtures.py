@@ -22,6 +22,10 @@ MIXTURES_DIR = "mixtures"
 #: Methods that can serve as the accurate branch, and the robust branch the curve mixes it with (first found).
 ACCURATE_METHODS = ("standard",)
 ROBUST_METHODS = ("at", "trades", "mart", "part", "part-t", "part-m")
+#: The accurate branch: the experiment's own standard run, or the pretrained CIFAR-10 ResNet-18 of the pyautoattack
+#: wheel (about 94 % clean accuracy; nothing downloaded).
+ACCURATE_CHOICES = ("standard", "pretrained")
+PRETRAINED_LABEL = "ResNet-18 (pretrained)"
 
 
 def check_alphas(alphas):
@@ -41,43 +45,66 @@ def alpha_text(alpha):
     return f"{alpha:g}"
 
 
-def mixing_pairs(runs, dataset):
+def check_accurate(accurate, dataset):
+    """``accurate`` is one of :data:`ACCURATE_CHOICES`; "pretrained" only on CIFAR-10. ValueError otherwise."""
+    if accurate not in ACCURATE_CHOICES:
+        raise ValueError(f"accurate must be one of {list(ACCURATE_CHOICES)}, got {accurate!r}")
+    if accurate == "pretrained" and dataset != "cifar10":
+        raise ValueError(f"accurate 'pretrained' is a CIFAR-10 model; the runs are of {dataset}")
+    return accurate
+
+
+def mixing_pairs(runs, dataset, accurate="standard"):
     """(seed, accurate (folder, record), robust (folder, record)) for each training seed of a ``mixing``
-    experiment under ``runs`` (as :func:`benchmarks.pipeline.trained_runs` lists them): its standard run and its
-    first adversarially trained run (AT before the others) of the same seed and dataset."""
+    experiment under ``runs`` (as :func:`benchmarks.pipeline.trained_runs` lists them): its standard run (or, with
+    ``accurate="pretrained"``, (None, None): the pretrained ResNet-18) and its first adversarially trained run (AT
+    before the others) of the same seed and dataset."""
+    check_accurate(accurate, dataset)
     chosen = [(f, r) for f, r in runs if r.get("experiment") == "mixing" and r["settings"]["dataset"] == dataset]
     pairs = []
     for seed in sorted({r["seed"] for _, r in chosen}):
-        accurate = [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ACCURATE_METHODS]
+        found = [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ACCURATE_METHODS]
         robust = [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ROBUST_METHODS]
         robust.sort(key=lambda item: ROBUST_METHODS.index(item[1]["spec"]["method"]))
-        if accurate and robust:
-            pairs.append((seed, accurate[0], robust[0]))
+        if accurate == "pretrained":
+            found = [(None, None)]
+        if found and robust:
+            pairs.append((seed, found[0], robust[0]))
     return pairs
 
 
-def mixture_targets(out, runs, dataset, device, alphas=MIX_ALPHAS):
+def mixture_targets(out, runs, dataset, device, alphas=MIX_ALPHAS, accurate="standard"):
     """(folder, model, config) of every mixture to evaluate: one per alpha per pair of :func:`mixing_pairs`.
 
     The folder's ``run.json`` is written here (atomically) and names both branches by label, folder and weights
     digest, so a later run with retrained branches never reads a stale ``eval.json`` (the evaluation store checks
     the mixture's own weights digest, which covers both branches).
+
+    :param accurate: "standard" (the experiment's standard run) or "pretrained" (the pretrained CIFAR-10 ResNet-18
+        of the pyautoattack wheel, :func:`benchmarks.models.pretrained_resnet18`, as Bai et al. mix an accurate
+        model of its own architecture with a robust one).
     """
     from torchattacks_part.mixing import MixedClassifier
 
+    from .models import pretrained_resnet18
+
     alphas = check_alphas(alphas)
     targets = []
-    for seed, (acc_folder, acc), (rob_folder, rob) in mixing_pairs(runs, dataset):
-        accurate, _ = load_model(os.path.join(acc_folder, MODEL_FILE), device)
-        robust, _ = load_model(os.path.join(rob_folder, MODEL_FILE), device)
+    for seed, (acc_folder, acc), (rob_folder, rob) in mixing_pairs(runs, dataset, accurate):
+        if acc is None:
+            accurate_net, acc = pretrained_resnet18(device), {"label": PRETRAINED_LABEL}
+        else:
+            accurate_net, _ = load_model(os.path.join(acc_folder, MODEL_FILE), device)
+        robust_net, _ = load_model(os.path.join(rob_folder, MODEL_FILE), device)
         curve = f"mixing {acc['label']} + {rob['label']}"
         for alpha in alphas:
-            model = MixedClassifier(accurate, robust, alpha).eval()
+            model = MixedClassifier(accurate_net, robust_net, alpha).eval()
             label = f"Mix {acc['label']}+{rob['label']} alpha={alpha_text(alpha)}"
             name = f"{dataset}-{_slug(acc['label'])}+{_slug(rob['label'])}-alpha{alpha_text(alpha)}-seed{seed}"
             folder = os.path.join(out, MIXTURES_DIR, name)
-            branches = {"accurate": {"label": acc["label"], "folder": acc_folder, "weights": weights_digest(accurate)},
-                        "robust": {"label": rob["label"], "folder": rob_folder, "weights": weights_digest(robust)},
+            branches = {"accurate": {"label": acc["label"], "folder": acc_folder,
+                                     "weights": weights_digest(accurate_net)},
+                        "robust": {"label": rob["label"], "folder": rob_folder, "weights": weights_digest(robust_net)},
                         "alpha": alpha}
             record = {"label": label, "seed": seed, "experiment": "mixing", "order": 10**5 + int(1000 * alpha),
                       "spec": {"method": "mixing", "alpha": alpha, "eps": rob["spec"]["eps"]},

@@ -100,7 +100,7 @@ def checkpoint_folder(out, path, model):
 
 def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size=None, checkpoints=(), zoo=(),
                  model_dir="models", dataset="cifar10", threat_model="Linf", surrogate="auto", progress=True,
-                 cache_dir=None, seed=0, mix_alphas=None, all_severities=False):
+                 cache_dir=None, seed=0, mix_alphas=None, all_severities=False, mix_accurate="standard"):
     """Evaluate our trained runs (default: every finished run under ``<out>/runs``), given checkpoints and zoo
     models, each into its own ``eval.json``: a run's in its folder, a loose checkpoint's under
     ``<out>/checkpoints/``, a zoo model's under ``<out>/zoo/``. With the runs of the ``mixing`` experiment
@@ -132,12 +132,16 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
         name, subset = parse_attack(spec)
         if subset is not None and subset > n:
             raise UsageError(f"--attacks {spec}: more images than the {n} evaluated (--n)")
-    from .mixtures import MIX_ALPHAS, check_alphas
+    from .mixtures import MIX_ALPHAS, check_accurate, check_alphas
 
     try:
         mix_alphas = check_alphas(MIX_ALPHAS if mix_alphas is None else mix_alphas)
     except ValueError as error:
         raise UsageError(f"--mix-alphas: {error}") from None
+    try:
+        check_accurate(mix_accurate, dataset)
+    except ValueError as error:
+        raise UsageError(f"--mix-accurate: {error}") from None
     runs = trained_runs(out)
     mix = not checkpoints and not zoo
     if not checkpoints and not zoo:
@@ -172,7 +176,8 @@ def cmd_evaluate(preset, out, data_dir, device, attacks=None, n=None, batch_size
 
         # The trust checks' transfer attack needs a model other than the mixture's own branches: none here.
         targets += [(folder, model, {**config, "surrogate": None}, None)
-                    for folder, model, config in mixture_targets(out, runs, dataset, device, mix_alphas)]
+                    for folder, model, config in mixture_targets(out, runs, dataset, device, mix_alphas,
+                                                                   mix_accurate)]
     results = []
     for folder, model, config, sur in targets:
         print(f"[evaluate] {config['label']} ({config['source']}): {len(images)} {dataset} test images, "

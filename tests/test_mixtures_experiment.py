@@ -102,3 +102,22 @@ def test_bad_mix_alphas_fail_before_any_work(mixing_out, data_dir):
         cmd_evaluate("smoke", str(out), data_dir, "cpu", attacks=["natural"], n=8, progress=False,
                      mix_alphas=[0.5, 2.0])
     assert not list(out.glob("**/eval.json"))
+
+
+def test_the_pretrained_resnet18_as_the_accurate_branch(mixing_out, data_dir, cifar_test, resnet18):
+    """mix_accurate="pretrained" mixes the pyautoattack wheel's ResNet-18 (not the experiment's standard run) with
+    the AT run: the mixture's natural accuracy is that of the averaged softmaxes, by hand."""
+    out, models = mixing_out
+    n = 32
+    cmd_evaluate("smoke", str(out), data_dir, "cpu", attacks=["natural"], n=n, batch_size=32, progress=False,
+                 mix_alphas=[0.5], mix_accurate="pretrained")
+    rows = {r["label"]: r for r in aggregate(collect(str(out)))}
+    mixed = rows["Mix ResNet-18 (pretrained)+AT alpha=0.5"]
+    assert (out / "mixtures" / "cifar10-resnet-18-pretrained+at-alpha0.5-seed0" / "eval.json").exists()
+    x, y = cifar_test[0][:n], cifar_test[1][:n]
+    with torch.no_grad():
+        p = 0.5 * resnet18.eval()(x).softmax(1) + 0.5 * models["at"].eval()(x).softmax(1)
+    assert mixed["values"]["natural"]["mean"] == pytest.approx((p.argmax(1) == y).float().mean().item())
+    with pytest.raises(UsageError, match="--mix-accurate: accurate must be one of"):
+        cmd_evaluate("smoke", str(out), data_dir, "cpu", attacks=["natural"], n=8, progress=False,
+                     mix_accurate="resnet")
