@@ -198,12 +198,12 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
         x, y = 100 * rob["mean"], 100 * nat["mean"]
         lows += [100 * rl, 100 * nl]
         highs += [100 * rh, 100 * nh]
+        bars = {"xerr": [[x - 100 * rl], [100 * rh - x]], "yerr": [[y - 100 * nl], [100 * nh - y]]}
         if row.get("curve"):
-            curves.setdefault(row["curve"], []).append((row.get("curve_position", 0), x, y, row))
+            curves.setdefault(row["curve"], []).append((row.get("curve_position", 0), x, y, row, bars))
             continue
         marker = "s" if row["kind"] == "zoo" else ("D" if "PART" in row["label"] else "o")
-        ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
-                    fmt=marker, capsize=3, markersize=6, label=row["label"], zorder=3)
+        ax.errorbar(x, y, **bars, fmt=marker, capsize=3, markersize=6, label=row["label"], zorder=3)
         labelled.append((x, y, row["label"]))
     placed = {label: (x, y) for x, y, label in labelled}
     for name, members in curves.items():
@@ -211,17 +211,14 @@ def tradeoff_scatter(path, rows, dpi=150, min_span=MIN_TRADEOFF_SPAN):
         ends = next((m[3].get("curve_ends") for m in members if m[3].get("curve_ends")), None) or ()
         for position, label in zip((0.0, 1.0), ends):
             if label in placed and all(m[0] != position for m in members):
-                members.append((position, *placed[label], None))
+                members.append((position, *placed[label], None, None))
         members.sort(key=lambda m: m[0])
         line, = ax.plot([m[1] for m in members], [m[2] for m in members], "-", marker=".", markersize=7,
                         label=name, zorder=2)
-        for _, x, y, row in members:
+        for _, x, y, row, bars in members:
             if row is None:  # a branch's own point, drawn with its intervals above
                 continue
-            value_n, value_r = row["values"]["natural"], row["values"][key]
-            (nl, nh, _), (rl, rh, _) = accuracy_interval(value_n), accuracy_interval(value_r)
-            ax.errorbar(x, y, xerr=[[x - 100 * rl], [100 * rh - x]], yerr=[[y - 100 * nl], [100 * nh - y]],
-                        fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=2, zorder=2)
+            ax.errorbar(x, y, **bars, fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=2, zorder=2)
             if row.get("curve_label"):
                 ax.annotate(row["curve_label"], (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7,
                             color=line.get_color())

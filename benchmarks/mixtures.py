@@ -14,6 +14,7 @@ import os
 from art_part.checkpoint import atomic_write_text
 
 from .fingerprint import weights_digest
+from .leaderboard import slug
 from .train import MODEL_FILE, RUN_FILE, load_model
 
 #: The weights of the robust branch the experiment evaluates.
@@ -63,11 +64,10 @@ def mixing_pairs(runs, dataset, accurate="standard"):
     chosen = [(f, r) for f, r in runs if r.get("experiment") == "mixing" and r["settings"]["dataset"] == dataset]
     pairs = []
     for seed in sorted({r["seed"] for _, r in chosen}):
-        found = [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ACCURATE_METHODS]
+        found = [(None, None)] if accurate == "pretrained" else \
+            [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ACCURATE_METHODS]
         robust = [(f, r) for f, r in chosen if r["seed"] == seed and r["spec"]["method"] in ROBUST_METHODS]
         robust.sort(key=lambda item: ROBUST_METHODS.index(item[1]["spec"]["method"]))
-        if accurate == "pretrained":
-            found = [(None, None)]
         if found and robust:
             pairs.append((seed, found[0], robust[0]))
     return pairs
@@ -97,14 +97,14 @@ def mixture_targets(out, runs, dataset, device, alphas=MIX_ALPHAS, accurate="sta
             accurate_net, _ = load_model(os.path.join(acc_folder, MODEL_FILE), device)
         robust_net, _ = load_model(os.path.join(rob_folder, MODEL_FILE), device)
         curve = f"mixing {acc['label']} + {rob['label']}"
+        digests = weights_digest(accurate_net), weights_digest(robust_net)  # once per pair, not per alpha
         for alpha in alphas:
             model = MixedClassifier(accurate_net, robust_net, alpha).eval()
             label = f"Mix {acc['label']}+{rob['label']} alpha={alpha_text(alpha)}"
-            name = f"{dataset}-{_slug(acc['label'])}+{_slug(rob['label'])}-alpha{alpha_text(alpha)}-seed{seed}"
+            name = f"{dataset}-{slug(acc['label'])}+{slug(rob['label'])}-alpha{alpha_text(alpha)}-seed{seed}"
             folder = os.path.join(out, MIXTURES_DIR, name)
-            branches = {"accurate": {"label": acc["label"], "folder": acc_folder,
-                                     "weights": weights_digest(accurate_net)},
-                        "robust": {"label": rob["label"], "folder": rob_folder, "weights": weights_digest(robust_net)},
+            branches = {"accurate": {"label": acc["label"], "folder": acc_folder, "weights": digests[0]},
+                        "robust": {"label": rob["label"], "folder": rob_folder, "weights": digests[1]},
                         "alpha": alpha}
             record = {"label": label, "seed": seed, "experiment": "mixing", "order": 10**5 + int(1000 * alpha),
                       "spec": {"method": "mixing", "alpha": alpha, "eps": rob["spec"]["eps"]},
@@ -117,9 +117,3 @@ def mixture_targets(out, runs, dataset, device, alphas=MIX_ALPHAS, accurate="sta
                       "curve_position": alpha, "curve_label": f"\u03b1={alpha_text(alpha)}", "mixture": branches}
             targets.append((folder, model, config))
     return targets
-
-
-def _slug(label):
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
